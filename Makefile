@@ -1,0 +1,25 @@
+# The two commands a new user needs: `make up` (the embedded stack with sample data) and
+# `make test` (lint + the whole suite). Both create .venv and install on first use.
+VENV  := .venv
+STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
+
+.PHONY: up test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+up: $(STAMP)
+	$(VENV)/bin/crmsync up
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/python -m pytest
+
+clean:
+	rm -rf $(VENV) .crmsync
