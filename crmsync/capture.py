@@ -107,7 +107,9 @@ class KafkaPublisher:
         for topic, key, value in records:
             while True:
                 try:
-                    self._producer.produce(topic, key=key, value=value, on_delivery=self._on_delivery)
+                    self._producer.produce(
+                        topic, key=key, value=value, on_delivery=self._on_delivery
+                    )
                     break
                 except BufferError:
                     self._producer.poll(0.05)
@@ -184,7 +186,7 @@ class CaptureRunner:
         publisher = KafkaPublisher(self.settings.bootstrap)
 
         class Handler(BasePythonChangeHandler):
-            def handleJsonBatch(self, records: Any) -> None:  # noqa: N802 (Java callback)
+            def handleJsonBatch(self, records: Any) -> None:
                 publisher.publish(_java_records(records))
                 BATCHES.inc()
                 LAST_BATCH.set_to_current_time()

@@ -7,7 +7,8 @@
     └── TargetError              an external API call failed
         ├── RateLimited          429: back off for `retry_after` seconds and try again
         ├── TransientError       5xx, timeouts, connection errors: retry with backoff
-        └── PermanentError       4xx other than 429: never retried (-> dead letter)
+        ├── PermanentError       4xx other than 429: never retried (-> dead letter)
+        └── RetriesExhausted     still failing after the retry budget (-> dead letter)
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = [
     "PermanentError",
     "PrerequisiteMissing",
     "RateLimited",
+    "RetriesExhausted",
     "TargetError",
     "TransientError",
     "ValidationFailed",
@@ -74,3 +76,13 @@ class PermanentError(TargetError):
         super().__init__(f"HTTP {status}: {body[:500]}")
         self.status = status
         self.body = body
+
+
+class RetriesExhausted(TargetError):
+    """Raised when a call kept failing transiently for the whole retry budget; the commands
+    go to the dead letters (`crmsync dlq replay` sends them again once the target is back)."""
+
+    def __init__(self, attempts: int, last: TargetError) -> None:
+        super().__init__(f"gave up after {attempts} attempts: {last}")
+        self.attempts = attempts
+        self.last = last

@@ -33,7 +33,8 @@ class Settings(BaseSettings):
     broker_port: int = 19092
     partitions: int = Field(default=4, ge=1, le=64)
     topic_prefix: str = "crmsync"
-    # Above this resident size the embedded broker is rebased (topics recreated, rows re-snapshotted).
+    # Above this resident size the embedded broker is rebased (topics recreated, rows
+    # re-snapshotted from Postgres).
     broker_memory_limit_mb: int = 2048
 
     crm_base_url: str | None = None
