@@ -77,11 +77,11 @@ def embedded_properties(settings: Settings) -> dict[str, str]:
             "poll.interval.ms": str(settings.capture_poll_interval_ms),
             "converter.schemas.enable": schemas,
             "offset.storage": "io.debezium.storage.jdbc.offset.JdbcOffsetBackingStore",
-            "offset.storage.jdbc.connection.url": jdbc_url,
+            "offset.storage.jdbc.connection.url": f"{jdbc_url}?currentSchema=sync",
             "offset.storage.jdbc.connection.user": db.get("user", "crmsync"),
             # The store insists on a password; the embedded cluster's trust auth ignores it.
             "offset.storage.jdbc.connection.password": db.get("password") or "trust",
-            "offset.storage.jdbc.table.name": OFFSETS_TABLE,
+            "offset.storage.jdbc.table.name": OFFSETS_TABLE.removeprefix("sync."),
             "offset.flush.interval.ms": "1000",
         }
     )

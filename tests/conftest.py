@@ -1,0 +1,30 @@
+"""Helpers every test tier uses: free loopback ports and polling instead of sleeping."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(
+    probe: Callable[[], T], *, timeout: float = 60.0, interval: float = 0.1, what: str = ""
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    last: T = probe()
+    while not last:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: {last!r}")
+        time.sleep(interval)
+        last = probe()
+    return last

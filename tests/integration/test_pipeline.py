@@ -1,0 +1,181 @@
+"""The embedded pipeline end to end: a change committed to public.customers reaches the CRM
+emulator through Debezium, the broker, Faust and the adapter, exactly once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import orjson
+import pytest
+
+from tests.conftest import wait_until
+from tests.integration.conftest import Emulator, RunningStack
+
+pytestmark = pytest.mark.timeout(420)
+
+T = TypeVar("T")
+StartStack = Callable[..., RunningStack]
+StartEmulator = Callable[..., Emulator]
+
+
+def having(count: int, probe: Callable[[], dict[str, T]]) -> Callable[[], dict[str, T] | None]:
+    """A probe that yields `probe()` once it holds exactly `count` entries."""
+
+    def check() -> dict[str, T] | None:
+        found = probe()
+        return found if len(found) == count else None
+
+    return check
+
+
+def customer(n: int, **extra: object) -> dict[str, object]:
+    return {
+        "email": f"  Person.{n}@Example.COM ",
+        "first_name": f"First{n}",
+        "last_name": f"Last{n}",
+        "phone": "030 1234567",
+        "country": "germany",
+        "lifecycle_stage": "Trial",
+        **extra,
+    }
+
+
+def test_insert_update_soft_and_hard_delete_reach_the_crm(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    emulator = start_emulator()
+    stack = start_stack(emulator)
+    kept, soft, hard = stack.insert_customers([customer(1), customer(2), customer(3)])
+
+    contacts = wait_until(
+        having(3, emulator.by_customer),
+        what="three contacts in the CRM",
+    )
+    first = contacts[kept]["properties"]
+    assert first["email"] == "person.1@example.com"
+    assert first["phone"] == "+49301234567"
+    assert first["country"] == "DE"
+    assert first["lifecyclestage"] == "opportunity"
+
+    stack.sql("update public.customers set first_name = 'Alicia' where id = %s", (kept,))
+    stack.sql("update public.customers set deleted_at = now() where id = %s", (soft,))
+    stack.sql("delete from public.customers where id = %s", (hard,))
+
+    wait_until(
+        lambda: emulator.by_customer().get(kept, {}).get("properties", {}).get("firstname")
+        == "Alicia",
+        what="the update in the CRM",
+    )
+    archived = wait_until(
+        having(2, lambda: emulator.by_customer(archived=True)),
+        what="soft- and hard-deleted customers archived in the CRM",
+    )
+    assert set(archived) == {soft, hard}
+    assert set(emulator.by_customer()) == {kept}
+
+
+def test_invalid_email_is_dead_lettered_and_the_rows_around_it_are_delivered(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    emulator = start_emulator()
+    stack = start_stack(emulator)
+    before, bad, after = stack.insert_customers(
+        [customer(1), customer(2, email="jane at example"), customer(3)]
+    )
+
+    wait_until(lambda: set(emulator.by_customer()) == {before, after}, what="good rows delivered")
+    letters = wait_until(
+        lambda: stack.sql("select stage, key, error from sync.dead_letters"),
+        what="a dead letter",
+    )
+    assert len(letters) == 1
+    stage, key, error = letters[0]
+    assert stage == "ingest"
+    assert bad in key
+    assert "email" in error and "jane at example" in error
+    topic = wait_until(
+        lambda: stack.topic_records("crmsync.deadletters"), what="dead-letter topic record"
+    )
+    assert orjson.loads(topic[0][1])["error"] == error
+    assert bad not in emulator.by_customer()
+
+
+def test_a_burst_under_a_429ing_rate_limit_is_delivered_once_each(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    # The CRM allows 10 requests/s; the adapter is told 50/s, so it must live with 429s.
+    emulator = start_emulator(rate_max=10, rate_interval_ms=1000)
+    stack = start_stack(emulator, crm_requests_per_window=50, crm_window_seconds=1.0)
+    ids = stack.insert_customers([customer(n) for n in range(2000)])
+
+    wait_until(
+        lambda: emulator.stats()["contacts"] >= 2000, timeout=240, what="2,000 contacts"
+    )
+    contacts = emulator.contacts()
+    assert sorted(c["properties"]["crmsync_id"] for c in contacts) == sorted(ids)
+    assert emulator.stats()["rate_limited"] > 0
+    links = stack.sql("select count(*), count(distinct external_id) from sync.identity_links")
+    assert links == [(2000, 2000)]
+
+
+def test_restarting_faust_recovers_state_and_resends_nothing(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    emulator = start_emulator()
+    stack = start_stack(emulator)
+    ids = stack.insert_customers([customer(n) for n in range(300)])
+    wait_until(lambda: emulator.stats()["contacts"] == 300, what="300 contacts")
+    commands_topic = "crmsync.commands.crm"
+    sent_before = stack.end_offsets(commands_topic)
+    creates_before = emulator.stats()["creates"]
+
+    stack.stack.stop_process("streams")
+    stack.stack.spawn("streams")
+    stack.sql("update public.customers set last_name = 'Renamed' where id = %s", (ids[7],))
+
+    wait_until(
+        lambda: emulator.by_customer()[ids[7]]["properties"]["lastname"] == "Renamed",
+        what="the update after the restart",
+    )
+    assert stack.end_offsets(commands_topic) == sent_before + 1
+    assert emulator.stats()["creates"] == creates_before
+    last_command = next(
+        orjson.loads(value)
+        for key, value in reversed(stack.topic_records(commands_topic))
+        if key == ids[7].encode()
+    )
+    # Only the delta: the recovered state knew exactly what the CRM already held.
+    assert set(last_command["properties"]) == {"lastname", "crmsync_id"}
+
+
+def test_changes_made_while_the_stack_is_down_are_delivered_without_duplicates(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    emulator = start_emulator()
+    stack = start_stack(emulator)
+    ids = stack.insert_customers([customer(n) for n in range(100)])
+    wait_until(lambda: emulator.stats()["contacts"] == 100, what="100 contacts")
+    writes_before = emulator.stats()
+
+    stack.stack.down()
+    stack.stack.postgres().start()  # only the database, so that apps can keep writing
+    stack.sql("update public.customers set plan_tier = 'enterprise' where id = any(%s::uuid[])",
+              (ids[:10],))  # fmt: skip
+    stack.sql("delete from public.customers where id = any(%s::uuid[])", (ids[10:13],))
+    new_ids = stack.insert_customers([customer(n) for n in range(100, 105)])
+    stack.stack.up()
+
+    def enterprise_count() -> int:
+        return sum(
+            c["properties"].get("crmsync_plan_tier") == "enterprise"
+            for c in emulator.by_customer().values()
+        )
+
+    live = wait_until(having(102, emulator.by_customer), timeout=120, what="inserts and deletes")
+    wait_until(lambda: enterprise_count() == 10, what="updates made while down")
+    assert set(live) == (set(ids) - set(ids[10:13])) | set(new_ids)
+    assert set(emulator.by_customer(archived=True)) == set(ids[10:13])
+    stats = emulator.stats()
+    assert stats["creates"] == writes_before["creates"] + 5  # nobody created twice
+    assert stats["updates"] == writes_before["updates"] + 10  # unchanged rows not rewritten
