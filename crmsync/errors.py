@@ -1,14 +1,14 @@
 """Errors an operator or a caller can act on.
 
-    CrmsyncError
-    ├── PrerequisiteMissing      a binary the embedded stack needs is not installed
-    ├── ConfigError              a config file is invalid (unknown keys, bad values)
-    ├── ValidationFailed         an incoming record cannot be normalised (-> dead letter)
-    └── TargetError              an external API call failed
-        ├── RateLimited          429: back off for `retry_after` seconds and try again
-        ├── TransientError       5xx, timeouts, connection errors: retry with backoff
-        ├── PermanentError       4xx other than 429: never retried (-> dead letter)
-        └── RetriesExhausted     still failing after the retry budget (-> dead letter)
+CrmsyncError
+├── PrerequisiteMissing      a binary the embedded stack needs is not installed
+├── ConfigError              a config file is invalid (unknown keys, bad values)
+├── ValidationFailed         an incoming record cannot be normalised (-> dead letter)
+└── TargetError              an external API call failed
+    ├── RateLimited          429: back off for `retry_after` seconds and try again
+    ├── TransientError       5xx, timeouts, connection errors: retry with backoff
+    ├── PermanentError       4xx other than 429: never retried (-> dead letter)
+    └── RetriesExhausted     still failing after the retry budget (-> dead letter)
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from crmsync.broker import STREAMS_APP_ID, Topics
 from crmsync.settings import Settings
 from crmsync.stack import read_stack_file
 
-__all__ = ["collect_status"]
+__all__ = ["collect_status", "consumer_lag"]
 
 
 def _metrics(port: int) -> dict[str, float]:
@@ -73,7 +73,7 @@ def _database(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _lag(settings: Settings) -> dict[str, Any]:
+def consumer_lag(settings: Settings) -> dict[str, Any]:
     """Records each consumer group has yet to process (end offset - committed offset)."""
     topics = Topics(settings.topic_prefix)
     groups = {
@@ -122,7 +122,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         components["emulator-hubspot"] = emulator
     lag: dict[str, Any] = {}
     if components["broker"].get("state") == "running" or not settings.embedded_broker:
-        lag = _lag(settings)
+        lag = consumer_lag(settings)
     return {
         "supervisor": _process(stack.get("supervisor")),
         "restarts": stack.get("restarts", {}),

@@ -24,7 +24,9 @@ def wait_until(
     last: T = probe()
     while not last:
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}: {last!r}")
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what or probe}: {last!r}"
+            )
         time.sleep(interval)
         last = probe()
     return last

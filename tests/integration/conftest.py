@@ -60,6 +60,9 @@ class Emulator:
     def by_customer(self, archived: bool = False) -> dict[str, dict[str, Any]]:
         return {c["properties"]["crmsync_id"]: c for c in self.contacts(archived)}
 
+    def inject(self, **faults: Any) -> None:
+        httpx.post(f"{self.url}/_emulator/faults", json=faults).raise_for_status()
+
 
 @pytest.fixture
 def start_emulator() -> Iterator[Callable[..., Emulator]]:
@@ -80,6 +83,19 @@ def start_emulator() -> Iterator[Callable[..., Emulator]]:
     yield start
     for emulator in started:
         terminate(emulator.process.pid)
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[str]:
+    """A fresh embedded cluster with the migrations applied; yields its DSN."""
+    from canonical_db import apply_migrations
+    from crmsync.postgres import LocalPostgres
+
+    cluster = LocalPostgres(tmp_path / "pg-state", free_port())
+    cluster.start()
+    apply_migrations(cluster.dsn)
+    yield cluster.dsn
+    cluster.stop()
 
 
 @dataclass

@@ -9,6 +9,7 @@ from typing import TypeVar
 import orjson
 import pytest
 
+from crmsync.status import consumer_lag
 from tests.conftest import wait_until
 from tests.integration.conftest import Emulator, RunningStack
 
@@ -63,8 +64,9 @@ def test_insert_update_soft_and_hard_delete_reach_the_crm(
     stack.sql("delete from public.customers where id = %s", (hard,))
 
     wait_until(
-        lambda: emulator.by_customer().get(kept, {}).get("properties", {}).get("firstname")
-        == "Alicia",
+        lambda: (
+            emulator.by_customer().get(kept, {}).get("properties", {}).get("firstname") == "Alicia"
+        ),
         what="the update in the CRM",
     )
     archived = wait_until(
@@ -109,9 +111,7 @@ def test_a_burst_under_a_429ing_rate_limit_is_delivered_once_each(
     stack = start_stack(emulator, crm_requests_per_window=50, crm_window_seconds=1.0)
     ids = stack.insert_customers([customer(n) for n in range(2000)])
 
-    wait_until(
-        lambda: emulator.stats()["contacts"] >= 2000, timeout=240, what="2,000 contacts"
-    )
+    wait_until(lambda: emulator.stats()["contacts"] >= 2000, timeout=240, what="2,000 contacts")
     contacts = emulator.contacts()
     assert sorted(c["properties"]["crmsync_id"] for c in contacts) == sorted(ids)
     assert emulator.stats()["rate_limited"] > 0
@@ -179,3 +179,35 @@ def test_changes_made_while_the_stack_is_down_are_delivered_without_duplicates(
     stats = emulator.stats()
     assert stats["creates"] == writes_before["creates"] + 5  # nobody created twice
     assert stats["updates"] == writes_before["updates"] + 10  # unchanged rows not rewritten
+
+
+def test_rebasing_the_broker_loses_nothing_and_rewrites_nothing(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    """What the supervisor does when the in-memory broker outgrows its limit."""
+    emulator = start_emulator()
+    stack = start_stack(emulator)
+    ids = stack.insert_customers([customer(n) for n in range(50)])
+    wait_until(lambda: emulator.stats()["contacts"] == 50, what="50 contacts")
+
+    stack.stack.rebase_broker()
+    assert stack.end_offsets("crmsync.commands.crm") == 0  # a fresh, empty broker
+    stack.sql("update public.customers set first_name = 'Rebased' where id = %s", (ids[0],))
+    (new_id,) = stack.insert_customers([customer(50)])
+
+    wait_until(
+        lambda: (
+            emulator.by_customer().get(ids[0], {}).get("properties", {}).get("firstname")
+            == "Rebased"
+        ),
+        what="an update after the rebase",
+    )
+    wait_until(lambda: new_id in emulator.by_customer(), what="an insert after the rebase")
+    # The re-snapshot replays all 51 rows; only the two real changes reach the CRM.
+    wait_until(lambda: stack.end_offsets("crmsync.public.customers") >= 51 + 2, what="snapshot")
+    wait_until(
+        lambda: all(g.get("lag") == 0 for g in consumer_lag(stack.settings).values()),
+        what="streams and adapter caught up",
+    )
+    stats = emulator.stats()
+    assert (stats["creates"], stats["updates"]) == (51, 1)
