@@ -2,7 +2,8 @@
 
 Per batch of records: parse, coalesce per customer (adapters.plan), skip what the target
 already holds (`sync.identity_links.pushed_hash`), send batch upserts/archives through the
-token bucket with retries, dead-letter what the target refuses, then commit the offsets.
+token bucket with retries, dead-letter what the target refuses (`sync.dead_letters`, mirrored
+onto the dead-letter topic by Debezium), then commit the offsets.
 Delivery is at-least-once; upserts by `crmsync_id` make it effectively once.
 """
 
@@ -15,7 +16,8 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError
 from prometheus_client import Counter
 from pydantic import ValidationError
 
@@ -72,13 +74,12 @@ class CrmAdapter:
         conn: psycopg.AsyncConnection[Any],
         bucket: TokenBucket,
         policy: RetryPolicy,
-        dead_letter_topic: Callable[[DeadLetter], Awaitable[None]],
     ) -> None:
         self.client = client
         self.conn = conn
         self.bucket = bucket
         self.policy = policy
-        self._publish_dead_letter = dead_letter_topic
+        self.dead_letters: list[DeadLetter] = []  # this process's, newest last (for tests/logs)
 
     async def handle(self, values: list[bytes]) -> None:
         """Deliver one batch of command records; returns when each is applied or dead-lettered."""
@@ -192,7 +193,7 @@ class CrmAdapter:
         )
         log.warning("dead-lettered command for %s: %s", key, error[:300])
         await insert_dead_letter(self.conn, letter)
-        await self._publish_dead_letter(letter)
+        self.dead_letters.append(letter)
         DEAD.labels(TARGET).inc()
 
 
@@ -207,25 +208,16 @@ async def run_crm_adapter(settings: Settings, stop: asyncio.Event) -> None:
         session_timeout_ms=10_000,  # Tansu holds a JoinGroup for half of it
         heartbeat_interval_ms=3_000,
     )
-    # max_batch_size=1 byte: one record per produce batch (a Tansu rule, see DESIGN.md).
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, max_batch_size=1)
     client = HubSpotClient(settings.crm_url, settings.crm_token.get_secret_value())
     conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-
-    async def publish(letter: DeadLetter) -> None:
-        await producer.send_and_wait(
-            topics.dead_letters, key=(letter.key or "").encode(), value=letter.to_json()
-        )
 
     adapter = CrmAdapter(
         client,
         conn,
         TokenBucket(settings.crm_requests_per_window, settings.crm_window_seconds),
         RetryPolicy(),
-        publish,
     )
     await consumer.start()
-    await producer.start()
     log.info("crm adapter consuming %s -> %s", topics.commands(TARGET), settings.crm_url)
     try:
         while not stop.is_set():
@@ -233,9 +225,11 @@ async def run_crm_adapter(settings: Settings, stop: asyncio.Event) -> None:
             values = [r.value for records in batches.values() for r in records if r.value]
             if values:
                 await adapter.handle(values)
-                await consumer.commit()
+                try:
+                    await consumer.commit()
+                except CommitFailedError as exc:  # a rebalance: redelivery is idempotent
+                    log.warning("offset commit failed, records will be redelivered: %s", exc)
     finally:
         await consumer.stop()
-        await producer.stop()
         await client.aclose()
         await conn.close()

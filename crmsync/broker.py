@@ -38,6 +38,8 @@ CDC_TABLES = (
     "staging.crm_contacts",
     "staging.billing_customers",
     "staging.support_users",
+    # The dead-letter topic is Debezium's mirror of sync.dead_letters: one write, two views.
+    "sync.dead_letters",
     "sync.debezium_signal",
 )
 STREAMS_APP_ID = "crmsync-streams"
@@ -68,7 +70,7 @@ class Topics:
 
     @property
     def dead_letters(self) -> str:
-        return "crmsync.deadletters"
+        return self.cdc("sync.dead_letters")
 
     @property
     def state_changelog(self) -> str:
@@ -80,7 +82,6 @@ class Topics:
             self.heartbeat,
             self.commands("crm"),
             self.changes,
-            self.dead_letters,
             self.state_changelog,
         ]
 

@@ -1,5 +1,6 @@
 """Dead letters: what could not be processed or delivered, with the reason, kept in
-`sync.dead_letters` (durable) and mirrored on the dead-letter topic (for subscribers)."""
+`sync.dead_letters`. Debezium captures that table, so the dead-letter topic
+(`crmsync.sync.dead_letters`) mirrors it without a second write that could disagree."""
 
 from __future__ import annotations
 
@@ -23,9 +24,6 @@ class DeadLetter(BaseModel):
     error: str
     attempts: int = 1
     source: dict[str, Any] | None = None
-
-    def to_json(self) -> bytes:
-        return orjson.dumps(self.model_dump())
 
     @staticmethod
     def payload_of(raw: bytes | None) -> Any:

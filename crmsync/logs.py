@@ -7,13 +7,13 @@ import logging.config
 import re
 from typing import Any
 
-__all__ = ["RedactSecrets", "configure_logging", "logging_config"]
+__all__ = ["RedactSecrets", "configure_logging", "logging_config", "redact"]
 
 # Credentials in URLs (scheme://user:password@host) and bearer tokens, whatever logged them.
 _PATTERNS = (
     (re.compile(r"(://[^:/@\s]+:)[^@\s]+@"), r"\1***@"),
     (re.compile(r"(?i)(bearer\s+)[A-Za-z0-9._~+/=-]+"), r"\1***"),
-    (re.compile(r"(?i)(password\s*[=:]\s*)[^\s,}'\"]+"), r"\1***"),
+    (re.compile(r"""(?i)(password["']?\s*[=:]\s*["']?)[^\s,}'"]+"""), r"\1***"),
 )
 
 
@@ -22,12 +22,18 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = message
-        for pattern, replacement in _PATTERNS:
-            redacted = pattern.sub(replacement, redacted)
-        if redacted != message:
+        if (redacted := redact(message)) != message:
             record.msg, record.args = redacted, ()
+        if record.exc_info:  # tracebacks carry exception messages, and so secrets, too
+            record.exc_text = redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_info = None
         return True
+
+
+def redact(text: str) -> str:
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
 
 
 def logging_config(level: str = "INFO", component: str = "crmsync") -> dict[str, Any]:

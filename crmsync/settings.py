@@ -57,8 +57,11 @@ class Settings(BaseSettings):
     @model_validator(mode="before")
     @classmethod
     def _reject_unknown_env(cls, values: dict[str, object]) -> dict[str, object]:
+        # Case-insensitive, as pydantic-settings reads them: `crmsync_partitons` is a typo too.
         known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
-        unknown = sorted(k for k in os.environ if k.startswith(ENV_PREFIX) and k not in known)
+        unknown = sorted(
+            k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+        )
         if unknown:
             raise ValueError(f"unknown settings in the environment: {', '.join(unknown)}")
         return values

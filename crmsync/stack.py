@@ -74,6 +74,7 @@ class Stack:
     settings: Settings
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
+    last_rebase: float = 0.0
 
     @property
     def logs(self) -> Path:
@@ -142,7 +143,9 @@ class Stack:
         broker = self.processes.get("broker")
         if broker is not None and broker.poll() is None:
             rss_mb = psutil.Process(broker.pid).memory_info().rss / 2**20
-            if rss_mb > self.settings.broker_memory_limit_mb:
+            # At most one rebase a minute: a limit set below the broker's floor must not loop.
+            recently = time.monotonic() - self.last_rebase < 60
+            if rss_mb > self.settings.broker_memory_limit_mb and not recently:
                 actions.append(f"broker at {rss_mb:.0f} MiB > limit: rebased")
                 self.rebase_broker()
         return actions
@@ -150,6 +153,7 @@ class Stack:
     def rebase_broker(self) -> None:
         """Recreate the in-memory broker empty. Postgres is the truth: the capture runner
         sees the empty topics and re-snapshots; effects are idempotent, so nothing is sent twice."""
+        self.last_rebase = time.monotonic()
         for name in reversed(PIPELINE):
             self.stop_process(name)
         self.stop_process("broker")

@@ -2,7 +2,8 @@
 
 The agent parses each CDC record, folds it into the customer's state with the pure
 `crmsync.domain.decide.apply`, writes the state back and sends the resulting commands and change
-event. A record that cannot be parsed is dead-lettered and the stream goes on.
+event. A record that cannot be parsed is dead-lettered (to `sync.dead_letters`, which Debezium
+mirrors onto the dead-letter topic) and the stream goes on.
 """
 
 from __future__ import annotations
@@ -13,11 +14,12 @@ from typing import Any
 
 import faust
 import psycopg
+from faust.types import Message
 from prometheus_client import Counter, start_http_server
 
 from crmsync.broker import STATE_TABLE, STREAMS_APP_ID, Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
-from crmsync.domain.decide import CustomerState, apply
+from crmsync.domain.decide import CustomerState, Decision, apply
 from crmsync.domain.events import parse_customer_event
 from crmsync.errors import ValidationFailed
 from crmsync.logs import logging_config
@@ -52,7 +54,6 @@ customers_cdc = app.topic(topics.customers_cdc, partitions=settings.partitions, 
 commands = {t: app.topic(topics.commands(t), partitions=settings.partitions, **RAW)
             for t in rules.mappings}  # fmt: skip
 changes = app.topic(topics.changes, partitions=settings.partitions, **RAW)
-dead_letters = app.topic(topics.dead_letters, partitions=settings.partitions, **RAW)
 
 # Keys and values use the app's default JSON codec; values are CustomerState dumps.
 customers = app.Table(STATE_TABLE, default=None, partitions=settings.partitions)
@@ -64,7 +65,7 @@ DEAD = Counter("crmsync_streams_dead_letters", "Records dead-lettered at ingest"
 
 
 class DeadLetterSink:
-    """Writes ingest failures to Postgres and the dead-letter topic; one connection per worker."""
+    """Writes ingest failures to `sync.dead_letters`; one connection per worker."""
 
     def __init__(self) -> None:
         self._conn: psycopg.AsyncConnection[Any] | None = None
@@ -73,7 +74,6 @@ class DeadLetterSink:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
         await insert_dead_letter(self._conn, letter)
-        await dead_letters.send(key=(letter.key or "").encode(), value=letter.to_json())
         DEAD.inc()
 
 
@@ -85,46 +85,62 @@ async def serve_metrics() -> None:
     start_http_server(settings.streams_metrics_port, addr="127.0.0.1")
 
 
+def decide(message: Message) -> Decision | None:
+    """Parse one CDC record and fold it into its customer's state (None for a tombstone)."""
+    change = parse_customer_event(
+        message.key,
+        message.value,
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+    )
+    if change is None:  # tombstone: the delete before it did the work
+        return None
+    EVENTS.labels(change.op).inc()
+    raw_state = customers.get(change.customer_id)
+    state = CustomerState.model_validate(raw_state) if raw_state else None
+    decision = apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
+    customers[change.customer_id] = decision.state.model_dump(mode="json")
+    return decision
+
+
+async def dead_letter(message: Message, error: str) -> None:
+    await sink.send(
+        DeadLetter(
+            stage="ingest",
+            key=(message.key or b"").decode("utf-8", errors="replace"),
+            payload=DeadLetter.payload_of(message.value),
+            error=error,
+            source={"topic": message.topic, "partition": message.partition,
+                    "offset": message.offset},
+        )
+    )  # fmt: skip
+
+
 @app.agent(customers_cdc)
 async def ingest(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.events():
         message = event.message
         try:
-            change = parse_customer_event(
-                message.key,
-                message.value,
-                topic=message.topic,
-                partition=message.partition,
-                offset=message.offset,
-            )
+            decision = decide(message)
         except ValidationFailed as exc:
             log.warning("dead-lettered %s@%s: %s", message.topic, message.offset, exc)
-            await sink.send(
-                DeadLetter(
-                    stage="ingest",
-                    key=(message.key or b"").decode("utf-8", errors="replace"),
-                    payload=DeadLetter.payload_of(message.value),
-                    error=str(exc),
-                    source={
-                        "topic": message.topic,
-                        "partition": message.partition,
-                        "offset": message.offset,
-                    },
-                )
-            )
+            await dead_letter(message, str(exc))
             continue
-        if change is None:  # tombstone: the delete before it did the work
+        except Exception as exc:  # a bug must not stop the stream: park the record, go on
+            log.exception("failed on %s@%s; dead-lettered", message.topic, message.offset)
+            await dead_letter(message, f"internal error: {type(exc).__name__}: {exc}")
             continue
-        EVENTS.labels(change.op).inc()
-        raw_state = customers.get(change.customer_id)
-        state = CustomerState.model_validate(raw_state) if raw_state else None
-        now = dt.datetime.now(dt.UTC).isoformat()
-        decision = apply(state, change, rules, now)
-        customers[change.customer_id] = decision.state.model_dump(mode="json")
-        key = change.customer_id.encode()
+        if decision is None:
+            continue
         for command in decision.commands:
-            await commands[command.target].send(key=key, value=command.model_dump_json().encode())
+            await commands[command.target].send(
+                key=command.customer_id.encode(), value=command.model_dump_json().encode()
+            )
             COMMANDS.labels(command.target, command.action).inc()
         if decision.change is not None:
-            await changes.send(key=key, value=decision.change.model_dump_json().encode())
+            await changes.send(
+                key=decision.change.customer_id.encode(),
+                value=decision.change.model_dump_json().encode(),
+            )
             CHANGES.inc()

@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
+from crmsync.domain.customer import ENUM_VALUES, SYNCED_FIELDS, GoldenRecord
 
 __all__ = ["FieldMapping", "TargetMapping"]
 
@@ -44,6 +44,10 @@ class TargetMapping(BaseModel):
         unknown = sorted(set(self.fields) - SYNCED_FIELDS)
         if unknown:
             raise ValueError(f"not customer fields: {', '.join(unknown)}")
+        for name, field in self.fields.items():
+            missing = sorted(ENUM_VALUES.get(name, set()) - set(field.values or {}))
+            if field.values is not None and missing:
+                raise ValueError(f"{name}: the enum map has no value for {', '.join(missing)}")
         return self
 
     def properties(self, record: GoldenRecord, fields: frozenset[str]) -> dict[str, Any]:

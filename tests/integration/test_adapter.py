@@ -38,8 +38,12 @@ def new_customer_command(n: int, offset: int = 0, **row: Any) -> Command:
 
 
 class Harness:
-    def __init__(self, adapter: CrmAdapter, emulator: Emulator, letters: list[DeadLetter]):
-        self.adapter, self.emulator, self.letters = adapter, emulator, letters
+    def __init__(self, adapter: CrmAdapter, emulator: Emulator):
+        self.adapter, self.emulator = adapter, emulator
+
+    @property
+    def letters(self) -> list[DeadLetter]:
+        return self.adapter.dead_letters
 
     async def deliver(self, commands: list[Command]) -> None:
         await self.adapter.handle([c.model_dump_json().encode() for c in commands])
@@ -54,16 +58,11 @@ async def harness(
     clients: list[HubSpotClient] = []
 
     def make(max_attempts: int = 8) -> Harness:
-        letters: list[DeadLetter] = []
-
-        async def publish(letter: DeadLetter) -> None:
-            letters.append(letter)
-
         client = HubSpotClient(emulator.url, "test-token")
         clients.append(client)
         policy = RetryPolicy(base=0.01, cap=0.05, max_attempts=max_attempts)
-        adapter = CrmAdapter(client, conn, TokenBucket(1000, 1.0), policy, publish)
-        return Harness(adapter, emulator, letters)
+        adapter = CrmAdapter(client, conn, TokenBucket(1000, 1.0), policy)
+        return Harness(adapter, emulator)
 
     yield make
     for client in clients:

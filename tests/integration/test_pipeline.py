@@ -96,10 +96,10 @@ def test_invalid_email_is_dead_lettered_and_the_rows_around_it_are_delivered(
     assert stage == "ingest"
     assert bad in key
     assert "email" in error and "jane at example" in error
-    topic = wait_until(
-        lambda: stack.topic_records("crmsync.deadletters"), what="dead-letter topic record"
+    mirrored = wait_until(
+        lambda: stack.topic_records("crmsync.sync.dead_letters"), what="dead-letter topic record"
     )
-    assert orjson.loads(topic[0][1])["error"] == error
+    assert orjson.loads(mirrored[0][1])["after"]["error"] == error
     assert bad not in emulator.by_customer()
 
 

@@ -85,7 +85,9 @@ def test_national_phone_without_a_country_is_rejected() -> None:
     rejects("phone", phone="030 1234567")
 
 
-@pytest.mark.parametrize("phone", ["12", "+49 1", "call me maybe", "+1 415 555 2671 0000 0000"])
+@pytest.mark.parametrize(
+    "phone", ["+1 415", "+44 12", "+49 1", "call me", "+1 415 555 2671 0000 0000"]
+)
 def test_impossible_phone_is_rejected(phone: str) -> None:
     error = rejects("phone", phone=phone, country="DE")
     assert phone in str(error)
@@ -185,12 +187,6 @@ def test_unknown_time_zone_is_rejected(zone: str) -> None:
     rejects("timezone", timezone=zone)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: _timezone catches ZoneInfoNotFoundError/ValueError only; a tzdata directory "
-    "name such as 'America' makes ZoneInfo raise IsADirectoryError, which escapes "
-    "normalise_customer instead of becoming ValidationFailed('timezone')",
-)
 @pytest.mark.parametrize("zone", ["America", "Etc", "America/Argentina"])
 def test_time_zone_area_without_a_city_is_a_validation_error(zone: str) -> None:
     rejects("timezone", timezone=zone)
