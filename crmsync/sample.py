@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 from typing import Any
 
+import phonenumbers
 import psycopg
 from faker import Faker
 
@@ -21,18 +23,29 @@ _TZ = {"en_US": "America/New_York", "de_DE": "Europe/Berlin", "fr_FR": "Europe/P
        "en_GB": "Europe/London"}  # fmt: skip
 
 
+def _phone(person: Faker, rng: random.Random, locale: str) -> str:
+    """A number as people type it in that country; Faker's are re-drawn until they could exist
+    (its US ones carry extensions and some others are too short)."""
+    region = _LOCALES[locale] if len(_LOCALES[locale]) == 2 else "GB"
+    for _ in range(20):
+        text = f"({rng.randint(201, 989)}) 555-{rng.randint(1000, 9999)}" if locale == "en_US" \
+            else person.phone_number()  # fmt: skip
+        with contextlib.suppress(phonenumbers.NumberParseException):
+            if phonenumbers.is_possible_number(phonenumbers.parse(text, region)):
+                return text
+    return ""
+
+
 def _customer(fake: Faker, rng: random.Random, n: int) -> tuple[Any, ...]:
     locale = rng.choice(list(_LOCALES))
     person = fake[locale]
     first, last = person.first_name(), person.last_name()
-    email = f"{first}.{last}.{n}@{person.free_email_domain()}"
+    email = f"{first}.{last}.{n}@{person.free_email_domain()}".replace(" ", "")
     if rng.random() < 0.01:
         email = f"{first} at {last}"  # about 1 in 100 is bad input, to show the dead letters
-    # Faker's US numbers carry extensions and 001- prefixes; apps here store plain local ones.
-    phone = f"({rng.randint(201, 989)}) 555-{rng.randint(1000, 9999)}"
     return (
         email if rng.random() < 0.7 else email.upper(),
-        phone if locale == "en_US" else person.phone_number(),
+        _phone(person, rng, locale),
         first,
         last,
         person.company(),
