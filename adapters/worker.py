@@ -145,7 +145,7 @@ class CrmAdapter:
                 for write in writes:
                     await self.upsert([write])
                 return
-            await self.dead_letter_write(writes[0], exc.body or str(exc), 1)
+            await self.dead_letter_write(writes[0], str(exc), 1)
             return
         except RetriesExhausted as exc:
             for write in writes:

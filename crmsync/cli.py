@@ -190,12 +190,19 @@ def emulator_hubspot(
     host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
     rate_max: Annotated[int, typer.Option(help="Requests per interval.")] = 100,
     rate_interval_ms: Annotated[int, typer.Option(help="Rate-limit interval.")] = 10_000,
+    require_token: Annotated[
+        bool, typer.Option(help="Accept only CRMSYNC_CRM_TOKEN (default: any bearer token).")
+    ] = False,
 ) -> None:
     """Serve the HubSpot CRM v3 contacts emulator."""
     from emulators.hubspot import HubSpotEmulatorConfig, run
 
     configure_logging("INFO", "emulator-hubspot")
-    config = HubSpotEmulatorConfig(rate_limit_max=rate_max, rate_limit_interval_ms=rate_interval_ms)
+    config = HubSpotEmulatorConfig(
+        rate_limit_max=rate_max,
+        rate_limit_interval_ms=rate_interval_ms,
+        required_token=_settings().crm_token if require_token else None,
+    )
     run(config, host=host, port=port)
 
 

@@ -4,6 +4,7 @@ free loopback ports under the test's own temporary folder."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ CONTACT_PROPERTIES = (
 class Emulator:
     url: str
     process: subprocess.Popen[bytes]
+    token: str = "any-token"
 
     def stats(self) -> dict[str, int]:
         return httpx.get(f"{self.url}/_emulator/stats").json()
@@ -44,7 +46,7 @@ class Emulator:
             response = httpx.get(
                 f"{self.url}/crm/v3/objects/contacts",
                 params=params,
-                headers={"Authorization": "Bearer test"},
+                headers={"Authorization": f"Bearer {self.token}"},
             )
             if response.status_code == 429:  # the tests share the emulator's rate limit
                 time.sleep(0.1)
@@ -68,14 +70,20 @@ class Emulator:
 def start_emulator() -> Iterator[Callable[..., Emulator]]:
     started: list[Emulator] = []
 
-    def start(rate_max: int = 1000, rate_interval_ms: int = 1000) -> Emulator:
+    def start(
+        rate_max: int = 1000, rate_interval_ms: int = 1000, token: str | None = None
+    ) -> Emulator:
         port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CRMSYNC_")}
+        if token is not None:
+            env["CRMSYNC_CRM_TOKEN"] = token
         process = subprocess.Popen(
             [sys.executable, "-m", "crmsync.cli", "emulator", "hubspot", "--port", str(port),
-             "--rate-max", str(rate_max), "--rate-interval-ms", str(rate_interval_ms)],
-            start_new_session=True,
+             "--rate-max", str(rate_max), "--rate-interval-ms", str(rate_interval_ms),
+             "--require-token" if token else "--no-require-token"],
+            start_new_session=True, env=env,
         )  # fmt: skip
-        emulator = Emulator(f"http://127.0.0.1:{port}", process)
+        emulator = Emulator(f"http://127.0.0.1:{port}", process, token or "any-token")
         started.append(emulator)
         wait_for_http(f"{emulator.url}/_emulator/stats")
         return emulator

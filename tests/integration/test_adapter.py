@@ -49,16 +49,19 @@ class Harness:
         await self.adapter.handle([c.model_dump_json().encode() for c in commands])
 
 
+REQUIRED_TOKEN = "pat-na1-the-right-one"
+
+
 @pytest.fixture
 async def harness(
     postgres: str, start_emulator: Callable[..., Emulator]
 ) -> AsyncIterator[Callable[..., Harness]]:
-    emulator = start_emulator()
+    emulator = start_emulator(token=REQUIRED_TOKEN)
     conn = await psycopg.AsyncConnection.connect(postgres, autocommit=True)
     clients: list[HubSpotClient] = []
 
-    def make(max_attempts: int = 8) -> Harness:
-        client = HubSpotClient(emulator.url, "test-token")
+    def make(max_attempts: int = 8, token: str = REQUIRED_TOKEN) -> Harness:
+        client = HubSpotClient(emulator.url, token)
         clients.append(client)
         policy = RetryPolicy(base=0.01, cap=0.05, max_attempts=max_attempts)
         adapter = CrmAdapter(client, conn, TokenBucket(1000, 1.0), policy)
@@ -129,3 +132,21 @@ async def test_a_target_that_stays_down_ends_in_dead_letters_not_a_stuck_stream(
     assert {letter.key for letter in h.letters} == {c.customer_id for c in commands}
     assert all("gave up after 3 attempts" in letter.error for letter in h.letters)
     assert h.emulator.stats()["faults_injected"] == 3
+
+
+async def test_a_wrong_token_is_dead_lettered_with_the_401_and_never_written_down(
+    harness: Callable[..., Harness], capsys: pytest.CaptureFixture[str]
+) -> None:
+    wrong = "pat-na1-a-revoked-token-4242"
+    h = harness(token=wrong)
+    command = new_customer_command(1)
+    await h.deliver([command])
+
+    (letter,) = h.letters
+    assert "401" in letter.error
+    assert h.emulator.stats()["contacts"] == 0
+    rows = await h.adapter.conn.execute("select payload::text, error from sync.dead_letters")
+    stored = " ".join(" ".join(row) for row in await rows.fetchall())
+    assert wrong not in stored
+    assert wrong not in repr(h.adapter.client)
+    assert wrong not in capsys.readouterr().err
