@@ -7,8 +7,8 @@ STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install -qq --upgrade pip
+	$(VENV)/bin/python -m pip install -qq -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 

@@ -6,6 +6,7 @@ one record per batch, no transactions or idempotent producers.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -90,8 +91,22 @@ def admin_client(bootstrap: str) -> AdminClient:
     return AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 10_000})
 
 
+def _listening(bootstrap: str) -> bool:
+    host, _, port = bootstrap.split(",")[0].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
 def wait_for_broker(bootstrap: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
+    # A port check first: librdkafka logs every refused connection, which is noise at start-up.
+    while not _listening(bootstrap):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no Kafka broker answered at {bootstrap}")
+        time.sleep(0.05)
     admin = admin_client(bootstrap)
     while True:
         try:

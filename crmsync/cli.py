@@ -51,6 +51,12 @@ def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
+def _say(message: str) -> None:
+    """Print, unless the terminal is gone: stopping the stack must not depend on it."""
+    with contextlib.suppress(OSError):
+        console.print(message)
+
+
 @app.command()
 def up(
     sample: Annotated[int, typer.Option(help="Sample customers to load (0: none).")] = 200,
@@ -68,7 +74,9 @@ def up(
         console.print(f"crmsync is already running (supervisor pid {pid}); `crmsync down` first")
         raise typer.Exit(1)
     stack = Stack(settings)
-    signal.signal(signal.SIGTERM, _interrupt)  # `crmsync down` stops us like Ctrl-C does
+    # `crmsync down` (SIGTERM) and a closed terminal (SIGHUP) stop us the way Ctrl-C does.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, _interrupt)
     try:
         started = time.monotonic()
         stack.up()
@@ -87,9 +95,9 @@ def up(
     except KeyboardInterrupt:
         pass
     finally:
-        console.print("stopping...")
+        _say("stopping...")
         stack.down()
-        console.print("stopped")
+        _say("stopped")
 
 
 @app.command()

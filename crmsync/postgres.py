@@ -126,5 +126,10 @@ class LocalPostgres:
                 conn.execute("create database crmsync")
 
     def stop(self) -> None:
-        if self.running():
+        if not self.initialised():
+            return
+        try:
             self._run("pg_ctl", "stop", "-w", "-m", "fast", "-D", str(self.data_dir))
+        except subprocess.CalledProcessError:
+            if self.running():  # not "it was already stopped"
+                raise

@@ -33,6 +33,8 @@ def _metrics(port: int) -> dict[str, float]:
         if not family.name.startswith("crmsync_"):
             continue
         for sample in family.samples:
+            if sample.name.endswith("_created"):  # when the counter was born: not a count
+                continue
             if sample.name.endswith(("_total", "_timestamp")) or family.type == "gauge":
                 name = sample.name.removeprefix("crmsync_").removesuffix("_total")
                 totals[name] = totals.get(name, 0.0) + sample.value
