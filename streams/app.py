@@ -8,6 +8,7 @@ mirrors onto the dead-letter topic) and the stream goes on.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 from typing import Any
@@ -85,8 +86,9 @@ async def serve_metrics() -> None:
     start_http_server(settings.streams_metrics_port, addr="127.0.0.1")
 
 
-def decide(message: Message) -> Decision | None:
-    """Parse one CDC record and fold it into its customer's state (None for a tombstone)."""
+def decide(message: Message) -> tuple[str, Decision] | None:
+    """Parse one CDC record and fold it into its customer's state (None for a tombstone).
+    The new state is returned, not stored: see `ingest` for when it may be."""
     change = parse_customer_event(
         message.key,
         message.value,
@@ -99,9 +101,7 @@ def decide(message: Message) -> Decision | None:
     EVENTS.labels(change.op).inc()
     raw_state = customers.get(change.customer_id)
     state = CustomerState.model_validate(raw_state) if raw_state else None
-    decision = apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
-    customers[change.customer_id] = decision.state.model_dump(mode="json")
-    return decision
+    return change.customer_id, apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
 
 
 async def dead_letter(message: Message, error: str) -> None:
@@ -122,7 +122,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.events():
         message = event.message
         try:
-            decision = decide(message)
+            decided = decide(message)
         except ValidationFailed as exc:
             log.warning("dead-lettered %s@%s: %s", message.topic, message.offset, exc)
             await dead_letter(message, str(exc))
@@ -131,12 +131,24 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             log.exception("failed on %s@%s; dead-lettered", message.topic, message.offset)
             await dead_letter(message, f"internal error: {type(exc).__name__}: {exc}")
             continue
-        if decision is None:
+        if decided is None:
             continue
-        for command in decision.commands:
+        customer_id, decision = decided
+        # The state records what was commanded, and its changelog is written at once, while
+        # sends inside an agent wait for the offset commit. So commands go out first (force) and
+        # are acknowledged before the state may say they were sent: a crash in between replays
+        # the event, and the adapter drops the duplicate.
+        sent = [
             await commands[command.target].send(
-                key=command.customer_id.encode(), value=command.model_dump_json().encode()
+                key=command.customer_id.encode(),
+                value=command.model_dump_json().encode(),
+                force=True,
             )
+            for command in decision.commands
+        ]
+        await asyncio.gather(*sent)
+        customers[customer_id] = decision.state.model_dump(mode="json")
+        for command in decision.commands:
             COMMANDS.labels(command.target, command.action).inc()
         if decision.change is not None:
             await changes.send(

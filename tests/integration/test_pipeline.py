@@ -3,12 +3,15 @@ emulator through Debezium, the broker, Faust and the adapter, exactly once."""
 
 from __future__ import annotations
 
+import os
+import signal
 from collections.abc import Callable
 from typing import TypeVar
 
 import orjson
 import pytest
 
+from crmsync.stack import PIPELINE
 from crmsync.status import consumer_lag
 from tests.conftest import wait_until
 from tests.integration.conftest import Emulator, RunningStack
@@ -211,3 +214,27 @@ def test_rebasing_the_broker_loses_nothing_and_rewrites_nothing(
     )
     stats = emulator.stats()
     assert (stats["creates"], stats["updates"]) == (51, 1)
+
+
+def test_every_pipeline_process_killed_mid_burst_loses_and_duplicates_nothing(
+    start_emulator: StartEmulator, start_stack: StartStack
+) -> None:
+    emulator = start_emulator()
+    stack = start_stack(emulator)
+    first = stack.insert_customers([customer(n) for n in range(50)])
+    wait_until(lambda: emulator.stats()["contacts"] == 50, what="the pipeline warmed up")
+    rest = stack.insert_customers([customer(n) for n in range(50, 1050)])
+    wait_until(lambda: emulator.stats()["contacts"] > 60, interval=0.01, what="mid-burst")
+
+    for name in PIPELINE:  # capture, streams and the adapter, without a chance to clean up
+        os.kill(stack.stack.processes[name].pid, signal.SIGKILL)
+    restarted: list[str] = []
+    wait_until(
+        lambda: restarted.extend(stack.stack.supervise()) or len(restarted) == len(PIPELINE),
+        what="the supervisor restarting all three",
+    )
+
+    wait_until(lambda: emulator.stats()["contacts"] >= 1050, timeout=180, what="1,050 contacts")
+    contacts = emulator.contacts()
+    assert sorted(c["properties"]["crmsync_id"] for c in contacts) == sorted(first + rest)
+    assert emulator.stats()["creates"] == 1050
