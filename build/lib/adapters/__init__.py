@@ -1,0 +1,1 @@
+"""Adapter workers: turn commands into rate-limited, retried, idempotent API calls."""

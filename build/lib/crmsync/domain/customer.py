@@ -1,0 +1,206 @@
+"""The golden record: a canonical customer row, validated and normalised.
+
+Apps write free text; this is where it becomes comparable: emails lower-cased and checked,
+phones in E.164, countries as ISO 3166-1 alpha-2, enums from their fixed sets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from typing import Any, Literal
+from zoneinfo import available_timezones
+
+import phonenumbers
+import pycountry
+from email_validator import EmailNotValidError, validate_email
+from pydantic import BaseModel, ConfigDict
+
+from crmsync.errors import ValidationFailed
+
+__all__ = ["ENUM_VALUES", "SYNCED_FIELDS", "GoldenRecord", "normalise_customer"]
+
+LifecycleStage = Literal["lead", "trial", "customer", "churned"]
+PlanTier = Literal["free", "pro", "enterprise"]
+Status = Literal["active", "suspended", "churned"]
+
+ENUM_VALUES: dict[str, frozenset[str]] = {
+    "lifecycle_stage": frozenset({"lead", "trial", "customer", "churned"}),
+    "plan_tier": frozenset({"free", "pro", "enterprise"}),
+    "status": frozenset({"active", "suspended", "churned"}),
+}
+# Names people write that pycountry does not resolve on its own.
+_COUNTRY_ALIASES = {"UK": "GB", "GREAT BRITAIN": "GB", "ENGLAND": "GB", "EL": "GR"}
+_LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$", re.IGNORECASE)
+_SPACES = re.compile(r"\s+")
+# The IANA names tzdata ships (not its folders, nor files such as "localtime" or "Factory").
+_TIME_ZONES = frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
+
+
+class GoldenRecord(BaseModel):
+    """One customer as every system should see it. JSON-native values only (dates as ISO)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    email: str | None = None
+    phone: str | None = None
+    first_name: str | None = None
+    last_name: str | None = None
+    company_name: str | None = None
+    street: str | None = None
+    city: str | None = None
+    postal_code: str | None = None
+    region: str | None = None
+    country: str | None = None
+    birth_date: str | None = None
+    lifecycle_stage: LifecycleStage | None = None
+    plan_tier: PlanTier | None = None
+    status: Status | None = None
+    timezone: str | None = None
+    language: str | None = None
+    consent_email: bool = False
+    consent_sms: bool = False
+    do_not_contact: bool = False
+    owner_email: str | None = None
+    updated_at: str | None = None
+    deleted_at: str | None = None
+
+
+# Fields that are synced (the ones ownership and mapping may name).
+SYNCED_FIELDS = frozenset(GoldenRecord.model_fields) - {"id", "updated_at", "deleted_at"}
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = _SPACES.sub(" ", str(value)).strip()
+    return text or None
+
+
+def _email(field: str, value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        return validate_email(text, check_deliverability=False).normalized.lower()
+    except EmailNotValidError as exc:
+        raise ValidationFailed(field, f"invalid email {text!r}: {exc}") from None
+
+
+def _country(value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    text = _COUNTRY_ALIASES.get(text.upper(), text)
+    try:
+        return str(pycountry.countries.lookup(text).alpha_2)
+    except LookupError:
+        raise ValidationFailed("country", f"unknown country {text!r}") from None
+
+
+def _phone(value: Any, country: str | None) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        number = phonenumbers.parse(text, country)
+    except phonenumbers.NumberParseException as exc:
+        raise ValidationFailed("phone", f"unparseable phone {text!r}: {exc}") from None
+    if not phonenumbers.is_possible_number(number):
+        raise ValidationFailed("phone", f"impossible phone number {text!r}")
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def _enum(field: str, value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    folded = text.lower().replace(" ", "_")
+    if folded not in ENUM_VALUES[field]:
+        allowed = ", ".join(sorted(ENUM_VALUES[field]))
+        raise ValidationFailed(field, f"{text!r} is not one of {allowed}")
+    return folded
+
+
+def _birth_date(value: Any) -> str | None:
+    """Debezium sends a `date` as days since the epoch (Connect's Date type) or ISO text."""
+    if value is None or value == "":
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a date")
+        if isinstance(value, int):
+            return (dt.date(1970, 1, 1) + dt.timedelta(days=value)).isoformat()
+        return dt.date.fromisoformat(str(value)).isoformat()
+    except (ValueError, OverflowError):
+        raise ValidationFailed("birth_date", f"not a date: {value!r}") from None
+
+
+def _timezone(value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    if text not in _TIME_ZONES:
+        raise ValidationFailed("timezone", f"unknown IANA time zone {text!r}")
+    return text
+
+
+def _language(value: Any) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    text = text.replace("_", "-")
+    if not _LANGUAGE.match(text):
+        raise ValidationFailed("language", f"not a language tag: {text!r}")
+    primary, _, rest = text.partition("-")
+    return primary.lower() + (f"-{rest.upper()}" if rest else "")
+
+
+def _timestamp(value: Any) -> str | None:
+    """Debezium writes timestamptz as ISO-8601 text (ZonedTimestamp)."""
+    if value is None:
+        return None
+    if isinstance(value, int):  # epoch millis, should a converter send them
+        return dt.datetime.fromtimestamp(value / 1000, dt.UTC).isoformat()
+    return str(value)
+
+
+def _flag(field: str, value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, bool):
+        return value
+    raise ValidationFailed(field, f"expected a boolean, got {value!r}")
+
+
+def normalise_customer(row: dict[str, Any]) -> GoldenRecord:
+    """A `public.customers` row (as Debezium sends it) -> the golden record, or ValidationFailed."""
+    if not row.get("id"):
+        raise ValidationFailed("id", "missing customer id")
+    country = _country(row.get("country"))
+    return GoldenRecord(
+        id=str(row["id"]),
+        email=_email("email", row.get("email")),
+        phone=_phone(row.get("phone"), country),
+        first_name=_text(row.get("first_name")),
+        last_name=_text(row.get("last_name")),
+        company_name=_text(row.get("company_name")),
+        street=_text(row.get("street")),
+        city=_text(row.get("city")),
+        postal_code=_text(row.get("postal_code")),
+        region=_text(row.get("region")),
+        country=country,
+        birth_date=_birth_date(row.get("birth_date")),
+        lifecycle_stage=_enum("lifecycle_stage", row.get("lifecycle_stage")),  # type: ignore[arg-type]
+        plan_tier=_enum("plan_tier", row.get("plan_tier")),  # type: ignore[arg-type]
+        status=_enum("status", row.get("status")),  # type: ignore[arg-type]
+        timezone=_timezone(row.get("timezone")),
+        language=_language(row.get("language")),
+        consent_email=_flag("consent_email", row.get("consent_email")),
+        consent_sms=_flag("consent_sms", row.get("consent_sms")),
+        do_not_contact=_flag("do_not_contact", row.get("do_not_contact")),
+        owner_email=_email("owner_email", row.get("owner_email")),
+        updated_at=_timestamp(row.get("updated_at")),
+        deleted_at=_timestamp(row.get("deleted_at")),
+    )

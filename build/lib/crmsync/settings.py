@@ -1,0 +1,104 @@
+"""One settings object per process, read once from the environment at the entry point.
+
+Every variable is prefixed `CRMSYNC_`; unknown `CRMSYNC_*` variables fail loudly so that a typo
+never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from urllib.parse import quote
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["PROJECT_ROOT", "Settings", "load_settings"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+ENV_PREFIX = "CRMSYNC_"
+
+
+class Settings(BaseSettings):
+    """Where every component lives and how it is tuned."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # Set these to use an existing database / Kafka; left empty, `crmsync up` runs its own.
+    database_url: SecretStr | None = None
+    kafka_bootstrap: str | None = None
+
+    state_dir: Path = PROJECT_ROOT / ".crmsync"
+    pg_port: int = 55432
+    broker_port: int = 19092
+    partitions: int = Field(default=4, ge=1, le=64)
+    topic_prefix: str = "crmsync"
+    # Above this resident size the embedded broker is rebased (topics recreated, rows
+    # re-snapshotted from Postgres).
+    broker_memory_limit_mb: int = 2048
+
+    crm_base_url: str | None = None
+    crm_token: SecretStr = SecretStr("local-dev-token")
+    crm_requests_per_window: int = 100
+    crm_window_seconds: float = 10.0
+    emulator_port: int = 18080
+
+    ownership_file: Path = PROJECT_ROOT / "config" / "ownership.toml"
+    mapping_file: Path = PROJECT_ROOT / "config" / "mapping.toml"
+    connector_file: Path = PROJECT_ROOT / "connect" / "crmsync-postgres.json"
+
+    capture_poll_interval_ms: int = 50
+    # Each process serves Prometheus metrics on loopback; `crmsync status` reads them.
+    capture_metrics_port: int = 19101
+    streams_metrics_port: int = 19102
+    adapter_metrics_port: int = 19103
+    log_level: str = "INFO"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_env(cls, values: dict[str, object]) -> dict[str, object]:
+        # Case-insensitive, as pydantic-settings reads them: `crmsync_partitons` is a typo too.
+        known = {ENV_PREFIX + name.upper() for name in cls.model_fields}
+        unknown = sorted(
+            k for k in os.environ if k.upper().startswith(ENV_PREFIX) and k.upper() not in known
+        )
+        if unknown:
+            raise ValueError(f"unknown settings in the environment: {', '.join(unknown)}")
+        return values
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.kafka_bootstrap is None
+
+    @property
+    def dsn(self) -> str:
+        """The libpq connection string (contains the password: never log it)."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"postgresql://crmsync@127.0.0.1:{self.pg_port}/crmsync"
+
+    @property
+    def dsn_redacted(self) -> str:
+        from psycopg.conninfo import conninfo_to_dict
+
+        parts = conninfo_to_dict(self.dsn)
+        user = quote(str(parts.get("user", "")))
+        secret = ":***" if parts.get("password") else ""
+        host, port, db = parts.get("host", ""), parts.get("port", "5432"), parts.get("dbname", "")
+        return f"postgresql://{user}{secret}@{host}:{port}/{db}"
+
+    @property
+    def bootstrap(self) -> str:
+        return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def crm_url(self) -> str:
+        return self.crm_base_url or f"http://127.0.0.1:{self.emulator_port}"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""Faust stream processing: CDC records in; golden records, commands and change events out."""
