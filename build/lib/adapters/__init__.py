@@ -1,1 +1,0 @@
-"""Adapter workers: turn commands into rate-limited, retried, idempotent API calls."""

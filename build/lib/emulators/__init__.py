@@ -1,1 +1,0 @@
-"""Local stand-ins for the third-party APIs crmsync writes to, for tests and offline runs."""
