@@ -83,7 +83,6 @@ class Stack:
     def command(self, name: str) -> list[str]:
         cli = [sys.executable, "-m", "crmsync.cli"]
         return {
-            "broker": [],  # started by start_tansu
             "emulator-hubspot": [*cli, "emulator", "hubspot", "--port",
                                  str(self.settings.emulator_port)],
             "capture": [*cli, "capture"],
@@ -130,17 +129,20 @@ class Stack:
     def supervise(self) -> list[str]:
         """Restart any component that died; rebase the broker when it outgrows its limit.
         Returns what it did, for the live view."""
+        broker = self.processes.get("broker")
+        if broker is not None and broker.poll() is not None:
+            # The broker took every topic with it: rebase restarts the whole pipeline, so
+            # nothing else needs looking at this round.
+            self.restarts["broker"] = self.restarts.get("broker", 0) + 1
+            self.rebase_broker()
+            return [f"broker exited with {broker.returncode}; rebased"]
         actions = []
         for name, process in list(self.processes.items()):
             if process.poll() is None:
                 continue
             self.restarts[name] = self.restarts.get(name, 0) + 1
             actions.append(f"{name} exited with {process.returncode}; restarted")
-            if name == "broker":
-                self.rebase_broker()
-            else:
-                self.spawn(name)
-        broker = self.processes.get("broker")
+            self.spawn(name)
         if broker is not None and broker.poll() is None:
             rss_mb = psutil.Process(broker.pid).memory_info().rss / 2**20
             # At most one rebase a minute: a limit set below the broker's floor must not loop.

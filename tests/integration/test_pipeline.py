@@ -187,13 +187,20 @@ def test_changes_made_while_the_stack_is_down_are_delivered_without_duplicates(
 def test_rebasing_the_broker_loses_nothing_and_rewrites_nothing(
     start_emulator: StartEmulator, start_stack: StartStack
 ) -> None:
-    """What the supervisor does when the in-memory broker outgrows its limit."""
+    """What the supervisor does when the in-memory broker dies or outgrows its limit."""
     emulator = start_emulator()
     stack = start_stack(emulator)
     ids = stack.insert_customers([customer(n) for n in range(50)])
     wait_until(lambda: emulator.stats()["contacts"] == 50, what="50 contacts")
+    before = {name: p.pid for name, p in stack.stack.processes.items()}
 
-    stack.stack.rebase_broker()
+    stack.stack.processes["broker"].kill()  # every topic gone with it
+    stack.stack.processes["broker"].wait()
+    assert stack.stack.supervise() == ["broker exited with -9; rebased"]
+    after = {name: p.pid for name, p in stack.stack.processes.items()}
+    assert set(after) == set(before)
+    assert all(after[name] != before[name] for name in (*PIPELINE, "broker"))
+    assert stack.stack.supervise() == []  # one restart each, nothing started twice
     assert stack.end_offsets("crmsync.commands.crm") == 0  # a fresh, empty broker
     stack.sql("update public.customers set first_name = 'Rebased' where id = %s", (ids[0],))
     (new_id,) = stack.insert_customers([customer(50)])
