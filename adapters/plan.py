@@ -2,7 +2,8 @@
 
 Consecutive upserts for one customer merge into one (later properties win); an archive ends a
 run. The result is a list of waves: wave N holds each customer's N-th write, so customer
-order holds while every wave can still go out in batch requests.
+order holds while every wave can still go out in batch requests. Inside a wave, writes are
+ordered by lane (consent first, then creates, updates, activity).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from crmsync.domain.decide import Command
+from crmsync.domain.decide import LANES, Command, Lane, fingerprint
 
 __all__ = ["Write", "plan_writes"]
 
@@ -22,7 +23,21 @@ class Write:
     id_property: str
     properties: dict[str, Any]
     desired_hash: str
+    full: bool
+    lane: Lane
     commands: list[Command] = field(default_factory=list)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable for the same write across redeliveries and replays."""
+        return fingerprint([self.customer_id, self.action, self.desired_hash])
+
+    def absorb(self, command: Command) -> None:
+        self.properties.update(command.properties)
+        self.desired_hash = command.desired_hash
+        self.full = self.full or command.full
+        self.lane = min(self.lane, command.lane, key=LANES.index)
+        self.commands.append(command)
 
 
 def plan_writes(commands: list[Command]) -> list[list[Write]]:
@@ -30,12 +45,8 @@ def plan_writes(commands: list[Command]) -> list[list[Write]]:
     for command in commands:
         writes = per_customer.setdefault(command.customer_id, [])
         last = writes[-1] if writes else None
-        if last is not None and last.action == command.action == "upsert":
-            last.properties.update(command.properties)
-            last.desired_hash = command.desired_hash
-            last.commands.append(command)
-        elif last is not None and last.action == command.action == "archive":
-            last.commands.append(command)
+        if last is not None and last.action == command.action:
+            last.absorb(command)
         else:
             writes.append(
                 Write(
@@ -44,8 +55,11 @@ def plan_writes(commands: list[Command]) -> list[list[Write]]:
                     id_property=command.id_property,
                     properties=dict(command.properties),
                     desired_hash=command.desired_hash,
+                    full=command.full,
+                    lane=command.lane,
                     commands=[command],
                 )
             )
     depth = max((len(w) for w in per_customer.values()), default=0)
-    return [[ws[i] for ws in per_customer.values() if i < len(ws)] for i in range(depth)]
+    waves = [[ws[i] for ws in per_customer.values() if i < len(ws)] for i in range(depth)]
+    return [sorted(wave, key=lambda w: LANES.index(w.lane)) for wave in waves]

@@ -1,49 +1,113 @@
-"""A token bucket per target: requests per window, so the steady state never draws a 429."""
+"""Client-side quotas: never send the request the target would refuse.
+
+The vendors count requests in rolling windows (HubSpot: 10 s; Stripe: 1 s; Zendesk: 60 s;
+Salesforce: 24 h), so the limiter keeps the same books: at most `limit` requests in any
+`window` seconds. A token bucket of the same rate would allow a full burst on top of a full
+window and draw 429s. We count at send time while the server counts at receipt, so the
+window is stretched by `margin` seconds to absorb latency jitter. Every response's quota
+headers correct the books when the target saw more requests than we sent (another client
+on the same account), and a 429 pauses all requests for the server's Retry-After.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
+from collections.abc import Callable
 
-__all__ = ["TokenBucket"]
+from adapters.target import Quota
+
+__all__ = ["RequestWindow", "Throttle"]
 
 
-class TokenBucket:
-    """`capacity` tokens refilled evenly over `window` seconds; `acquire` waits for one.
+class RequestWindow:
+    """The requests sent in the last `window` seconds, in time buckets of `window / 1000`
+    (a 24 h window needs 1,000 counters, not a timestamp per request). Counting a partly
+    expired bucket as whole errs on the safe side by at most 0.1 % of the window."""
 
-    A 429 empties the bucket and holds it for the server's `retry_after`, so back-pressure
-    reaches every caller, not just the one that was refused.
-    """
+    def __init__(
+        self,
+        limit: int,
+        window: float,
+        margin: float = 0.04,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limit = limit
+        self.window = window + margin
+        self.nominal_window = window
+        self._width = window / 1000
+        self._clock = clock
+        self._buckets: deque[list[float]] = deque()  # [bucket start, count]
+        self._count = 0
 
-    def __init__(self, capacity: int, window: float) -> None:
-        self.capacity = capacity
-        self.rate = capacity / window
-        self._tokens = float(capacity)
-        self._now = time.monotonic
-        self._updated = self._now()
+    def _expire(self, now: float) -> None:
+        while self._buckets and self._buckets[0][0] + self._width <= now - self.window:
+            self._count -= int(self._buckets.popleft()[1])
+
+    def used(self) -> int:
+        self._expire(self._clock())
+        return self._count
+
+    def wait_time(self) -> float:
+        now = self._clock()
+        self._expire(now)
+        if self._count < self.limit:
+            return 0.0
+        # Wait until enough of the oldest buckets leave the window.
+        excess = self._count - self.limit + 1
+        for start, count in self._buckets:
+            excess -= int(count)
+            if excess <= 0:
+                return max(0.0, start + self._width + self.window - now)
+        return self.window  # unreachable: the buckets hold `count` requests
+
+    def take(self, n: int = 1) -> None:
+        now = self._clock()
+        start = now - now % self._width
+        if self._buckets and self._buckets[-1][0] == start:
+            self._buckets[-1][1] += n
+        else:
+            self._buckets.append([start, n])
+        self._count += n
+
+    def correct(self, remaining: int) -> None:
+        """The target says `remaining` requests are left in its window: if it has seen more
+        than we sent, count the difference as sent now."""
+        missing = (self.limit - self.used()) - remaining
+        if missing > 0:
+            self.take(missing)
+
+
+class Throttle:
+    """All of one target's windows (per-second/-minute and daily); `acquire` waits for all."""
+
+    def __init__(
+        self, windows: list[RequestWindow], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.windows = windows
+        self._clock = clock
         self._paused_until = 0.0
         self._lock = asyncio.Lock()
 
-    def _refill(self) -> None:
-        now = self._now()
-        self._tokens = min(self.capacity, self._tokens + (now - self._updated) * self.rate)
-        self._updated = now
-
     def wait_time(self) -> float:
-        """Seconds until a token is available (0 when one is)."""
-        self._refill()
-        pause = max(0.0, self._paused_until - self._now())
-        if self._tokens >= 1:
-            return pause
-        return max(pause, (1 - self._tokens) / self.rate)
+        pause = max(0.0, self._paused_until - self._clock())
+        return max([pause, *(w.wait_time() for w in self.windows)])
 
     async def acquire(self) -> None:
-        async with self._lock:
+        async with self._lock:  # first come, first served
             while (delay := self.wait_time()) > 0:
                 await asyncio.sleep(delay)
-            self._tokens -= 1
+            for window in self.windows:
+                window.take()
 
     def pause(self, seconds: float) -> None:
-        self._refill()
-        self._tokens = 0.0
-        self._paused_until = max(self._paused_until, self._now() + seconds)
+        """After a 429: nobody sends for `seconds`."""
+        self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+    def observe(self, quotas: list[Quota]) -> None:
+        """Correct each window from the quota the target reported for the same window."""
+        for quota in quotas:
+            for window in self.windows:
+                if abs(window.nominal_window - quota.window) <= 0.01 * quota.window:
+                    window.correct(quota.remaining)

@@ -1,5 +1,6 @@
 """How long to wait before the next attempt: exponential backoff with full jitter, or the
-server's own `Retry-After` when it sent one."""
+server's own `Retry-After` when it sent one; and when to give up (by elapsed time, so a
+target outage shorter than `give_up_after` delays writes and never loses them)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,12 @@ __all__ = ["RetryPolicy"]
 
 class RetryPolicy:
     def __init__(
-        self, base: float = 0.2, cap: float = 30.0, max_attempts: int = 12,
+        self, base: float = 0.2, cap: float = 30.0, give_up_after: float = 600.0,
         rng: random.Random | None = None,
     ) -> None:  # fmt: skip
         self.base = base
         self.cap = cap
-        self.max_attempts = max_attempts
+        self.give_up_after = give_up_after
         self._rng = rng or random.Random()
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
@@ -25,5 +26,5 @@ class RetryPolicy:
         ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
         return self._rng.uniform(ceiling / 2, ceiling)
 
-    def exhausted(self, attempt: int) -> bool:
-        return attempt >= self.max_attempts
+    def exhausted(self, elapsed: float) -> bool:
+        return elapsed >= self.give_up_after

@@ -1,16 +1,21 @@
-"""The CRM adapter worker: consumes `crmsync.commands.crm`, writes to HubSpot, records links.
+"""The adapter runtime, the same for every target: consumes `crmsync.commands.<target>` and
+writes to the target through its vendor client (adapters.target.TargetClient).
 
-Per batch of records: parse, coalesce per customer (adapters.plan), skip what the target
-already holds (`sync.identity_links.pushed_hash`), send batch upserts/archives through the
-token bucket with retries, dead-letter what the target refuses (`sync.dead_letters`, mirrored
-onto the dead-letter topic by Debezium), then commit the offsets.
-Delivery is at-least-once; upserts by `crmsync_id` make it effectively once.
+Per batch of records: parse, coalesce per customer into waves (adapters.plan), skip what the
+target already holds (`sync.identity_links.pushed_hash`), fill in the whole record where the
+target holds nothing yet (crmsync.resync), then send lane by lane, in batches up to the API's
+maximum and up to the plan's concurrency, each request through the circuit breaker and the
+quota throttle, retried on 429/5xx/timeouts. What the target refuses is dead-lettered
+(`sync.dead_letters`, mirrored onto the dead-letter topic by Debezium) without holding up the
+rest; then the offsets are committed. Delivery is at-least-once; upserts by the external key
+(Stripe: idempotency keys) make it effectively once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -18,20 +23,25 @@ from typing import Any, TypeVar
 import psycopg
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 from pydantic import ValidationError
 
-from adapters.hubspot import BATCH_LIMIT, HubSpotClient
+from adapters.breaker import CircuitBreaker
+from adapters.clients import make_client
 from adapters.plan import Write, plan_writes
-from adapters.ratelimit import TokenBucket
+from adapters.ratelimit import RequestWindow, Throttle
 from adapters.retry import RetryPolicy
+from adapters.target import Archive, Outcome, TargetClient, Upsert
 from crmsync.broker import Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
-from crmsync.domain.decide import ARCHIVED_HASH, Command
+from crmsync.domain.decide import ARCHIVED_HASH, LANES, Command
 from crmsync.errors import PermanentError, RateLimited, RetriesExhausted, TransientError
+from crmsync.resync import Desired, desired_states
+from crmsync.rules import SyncRules, load_rules
 from crmsync.settings import Settings
+from crmsync.targets import DAY, TargetPlan, load_plan
 
-__all__ = ["CrmAdapter", "run_crm_adapter"]
+__all__ = ["TargetAdapter", "run_adapter", "throttle_for"]
 
 log = logging.getLogger("crmsync.adapter")
 T = TypeVar("T")
@@ -43,8 +53,11 @@ RETRIES = Counter("crmsync_adapter_retries", "Retried API requests", ["target"])
 DELIVERED = Counter("crmsync_adapter_delivered", "Writes applied", ["target", "action"])
 SKIPPED = Counter("crmsync_adapter_skipped", "Writes the target already held", ["target"])
 DEAD = Counter("crmsync_adapter_dead_letters", "Commands dead-lettered", ["target"])
+BREAKER = Gauge("crmsync_adapter_breaker_open", "1 while the circuit breaker is open", ["target"])
+BREAKER_OPENED = Counter("crmsync_adapter_breaker_opened", "Times the breaker opened", ["target"])
+QUOTA_LIMIT = Gauge("crmsync_adapter_quota_limit", "Requests allowed", ["target", "window"])
+QUOTA_USED = Gauge("crmsync_adapter_quota_used", "Requests sent in window", ["target", "window"])
 
-TARGET = "crm"
 _LINKS_SQL = """
     select customer_id::text, external_id, pushed_hash, archived_at is not null
     from sync.identity_links where system = %s and customer_id = any(%s::uuid[])"""
@@ -67,19 +80,42 @@ class Link:
     archived: bool
 
 
-class CrmAdapter:
+def _window_name(seconds: float) -> str:
+    return "daily" if seconds >= DAY else f"{seconds:g}s"
+
+
+def throttle_for(plan: TargetPlan) -> Throttle:
+    windows = []
+    if plan.limits.requests is not None and plan.limits.window_seconds is not None:
+        windows.append(RequestWindow(plan.limits.requests, plan.limits.window_seconds))
+    if plan.limits.daily is not None:
+        windows.append(RequestWindow(plan.limits.daily, DAY))
+    return Throttle(windows)
+
+
+class TargetAdapter:
     def __init__(
         self,
-        client: HubSpotClient,
+        target: str,
+        client: TargetClient,
         conn: psycopg.AsyncConnection[Any],
-        bucket: TokenBucket,
+        rules: SyncRules,
+        throttle: Throttle,
         policy: RetryPolicy,
+        breaker: CircuitBreaker | None = None,
+        concurrency: int = 1,
     ) -> None:
+        self.target = target
         self.client = client
         self.conn = conn
-        self.bucket = bucket
+        self.rules = rules
+        self.throttle = throttle
         self.policy = policy
+        self.breaker = breaker or CircuitBreaker()
+        self._slots = asyncio.Semaphore(concurrency)
         self.dead_letters: list[DeadLetter] = []  # this process's, newest last (for tests/logs)
+        for window in throttle.windows:
+            QUOTA_LIMIT.labels(target, _window_name(window.nominal_window)).set(window.limit)
 
     async def handle(self, values: list[bytes]) -> None:
         """Deliver one batch of command records; returns when each is applied or dead-lettered."""
@@ -89,61 +125,121 @@ class CrmAdapter:
                 commands.append(Command.model_validate_json(value))
             except ValidationError as exc:
                 await self.dead_letter(None, DeadLetter.payload_of(value), f"bad command: {exc}")
-        CONSUMED.labels(TARGET).inc(len(values))
+        CONSUMED.labels(self.target).inc(len(values))
         for wave in plan_writes(commands):
-            links = await self.links([w.customer_id for w in wave])
-            upserts, archives = [], []
-            for write in wave:
-                link = links.get(write.customer_id)
-                if link is not None and link.pushed_hash == write.desired_hash:
-                    SKIPPED.labels(TARGET).inc()
-                elif write.action == "upsert":
-                    upserts.append(write)
-                elif link is not None and not link.archived:
-                    archives.append((write, link))
-                else:
-                    SKIPPED.labels(TARGET).inc()  # nothing there to archive
-            for start in range(0, len(upserts), BATCH_LIMIT):
-                await self.upsert(upserts[start : start + BATCH_LIMIT])
-            for start in range(0, len(archives), BATCH_LIMIT):
-                await self.archive(archives[start : start + BATCH_LIMIT])
+            await self.deliver(wave)
+
+    async def deliver(self, wave: list[Write]) -> None:
+        links = await self.links([w.customer_id for w in wave])
+        await self.complete_new_records(wave, links)
+        upserts, archives = [], []
+        for write in wave:
+            link = links.get(write.customer_id)
+            if link is not None and link.pushed_hash == write.desired_hash:
+                SKIPPED.labels(self.target).inc()
+            elif write.action == "upsert":
+                upserts.append(write)
+            elif link is not None and not link.archived:
+                archives.append((write, link))
+            else:
+                SKIPPED.labels(self.target).inc()  # nothing there to archive
+        size = self.client.max_batch
+        for lane in LANES:  # the wave is sorted by lane; each lane finishes before the next
+            in_lane = [w for w in upserts if w.lane == lane]
+            chunks = [in_lane[i : i + size] for i in range(0, len(in_lane), size)]
+            await asyncio.gather(*(self.upsert(chunk, links) for chunk in chunks))
+        chunks = [archives[i : i + size] for i in range(0, len(archives), size)]
+        await asyncio.gather(*(self.archive(chunk) for chunk in chunks))
+
+    async def complete_new_records(self, wave: list[Write], links: dict[str, Link]) -> None:
+        """A write carrying only changed properties to a target that holds nothing for the
+        customer would create a partial record: send the whole current record instead."""
+        partial = [
+            w for w in wave
+            if w.action == "upsert" and not w.full
+            and (w.customer_id not in links or links[w.customer_id].archived)
+        ]  # fmt: skip
+        if not partial:
+            return
+        states = await desired_states(
+            self.conn, self.rules, self.target, [w.customer_id for w in partial]
+        )
+        for write in partial:
+            state = states[write.customer_id]
+            if isinstance(state, Desired):
+                write.action = state.action
+                write.properties = state.properties
+                write.desired_hash = state.desired_hash
+                write.full = True
+            # A row invalid by now keeps the command's own properties; the pipeline
+            # dead-letters the invalid change itself.
 
     async def links(self, customer_ids: list[str]) -> dict[str, Link]:
-        cursor = await self.conn.execute(_LINKS_SQL, (TARGET, customer_ids))
+        cursor = await self.conn.execute(_LINKS_SQL, (self.target, customer_ids))
         return {row[0]: Link(*row[1:]) for row in await cursor.fetchall()}
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
-        """One API request through the bucket, retried on 429/5xx/timeouts with backoff."""
+        """One API request through the breaker and the throttle, retried on 429/5xx/timeouts
+        with backoff until the retry policy gives up."""
+        started = time.monotonic()
         attempt = 0
-        while True:
-            attempt += 1
-            await self.bucket.acquire()
-            API_CALLS.labels(TARGET).inc()
-            try:
-                return await request()
-            except RateLimited as exc:
-                RATE_LIMITED.labels(TARGET).inc()
-                error: RateLimited | TransientError = exc
-                delay = self.policy.delay(attempt, exc.retry_after)
-                self.bucket.pause(delay)  # everyone waits, not just this request
-            except TransientError as exc:
-                error, delay = exc, self.policy.delay(attempt)
-            if self.policy.exhausted(attempt):
-                raise RetriesExhausted(attempt, error)
-            RETRIES.labels(TARGET).inc()
-            log.info("retrying in %.2fs after: %s", delay, error)
-            await asyncio.sleep(delay)
+        async with self._slots:
+            while True:
+                attempt += 1
+                await self.breaker.permit()
+                await self.throttle.acquire()
+                API_CALLS.labels(self.target).inc()
+                try:
+                    result = await request()
+                except RateLimited as exc:
+                    RATE_LIMITED.labels(self.target).inc()
+                    self.breaker.success()  # it answered: up, only busy
+                    error: RateLimited | TransientError = exc
+                    delay = self.policy.delay(attempt, exc.retry_after)
+                    self.throttle.pause(delay)  # everyone waits, not just this request
+                except TransientError as exc:
+                    self.breaker_failure()
+                    error, delay = exc, self.policy.delay(attempt)
+                except PermanentError:
+                    self.breaker.success()
+                    self.observe_quotas()
+                    raise
+                else:
+                    self.breaker.success()
+                    BREAKER.labels(self.target).set(0)
+                    self.observe_quotas()
+                    return result
+                if self.policy.exhausted(time.monotonic() - started):
+                    raise RetriesExhausted(attempt, error)
+                RETRIES.labels(self.target).inc()
+                log.info("%s: retrying in %.2fs after: %s", self.target, delay, error)
+                await asyncio.sleep(delay)
 
-    async def upsert(self, writes: list[Write]) -> None:
-        id_property = writes[0].id_property
+    def breaker_failure(self) -> None:
+        opened = self.breaker.opened
+        self.breaker.failure()
+        if self.breaker.opened > opened:
+            BREAKER_OPENED.labels(self.target).inc()
+            log.warning("%s: circuit breaker open", self.target)
+        BREAKER.labels(self.target).set(1 if self.breaker.state != "closed" else 0)
+
+    def observe_quotas(self) -> None:
+        self.throttle.observe(self.client.quotas())
+        for window in self.throttle.windows:
+            QUOTA_USED.labels(self.target, _window_name(window.nominal_window)).set(window.used())
+
+    async def upsert(self, writes: list[Write], links: dict[str, Link]) -> None:
+        def item(write: Write) -> Upsert:
+            link = links.get(write.customer_id)
+            external_id = link.external_id if link is not None and not link.archived else None
+            return Upsert(write.customer_id, write.properties, external_id, write.idempotency_key)
+
         try:
-            created, failed = await self.call(
-                lambda: self.client.batch_upsert(id_property, [w.properties for w in writes])
-            )
+            outcomes = await self.call(lambda: self.client.upsert([item(w) for w in writes]))
         except PermanentError as exc:
-            if len(writes) > 1:  # isolate the input the API refuses; deliver the rest
+            if len(writes) > 1:  # isolate the record the API refuses; deliver the rest
                 for write in writes:
-                    await self.upsert([write])
+                    await self.upsert([write], links)
                 return
             await self.dead_letter_write(writes[0], str(exc), 1)
             return
@@ -151,33 +247,53 @@ class CrmAdapter:
             for write in writes:
                 await self.dead_letter_write(write, str(exc), exc.attempts)
             return
+        await self.record(writes, outcomes)
+
+    async def record(self, writes: list[Write], outcomes: list[Outcome]) -> None:
         by_customer = {w.customer_id: w for w in writes}
-        async with self.conn.cursor() as cursor:
-            await cursor.executemany(
-                _LINK_UPSERT_SQL,
-                [(TARGET, hs_id, cid, by_customer[cid].desired_hash)
-                 for cid, hs_id in created.items() if cid in by_customer],
-            )  # fmt: skip
-        DELIVERED.labels(TARGET, "upsert").inc(len(created))
-        for customer_id in failed:
-            if len(writes) > 1:
-                await self.upsert([by_customer[customer_id]])
+        delivered = []
+        for outcome in outcomes:
+            write = by_customer.pop(outcome.customer_id, None)
+            if write is None:
+                continue
+            if outcome.error is not None or outcome.external_id is None:
+                await self.dead_letter_write(write, outcome.error or "no id in the response", 1)
             else:
-                await self.dead_letter_write(by_customer[customer_id], "not in upsert results", 1)
+                delivered.append((self.target, outcome.external_id, write.customer_id,
+                                  write.desired_hash))  # fmt: skip
+        for write in by_customer.values():
+            await self.dead_letter_write(write, "the target returned no result for it", 1)
+        try:
+            async with self.conn.transaction(), self.conn.cursor() as cursor:
+                await cursor.executemany(_LINK_UPSERT_SQL, delivered)
+        except psycopg.errors.UniqueViolation:
+            for row in delivered:  # one external record claimed by two customers: find it
+                try:
+                    await self.conn.execute(_LINK_UPSERT_SQL, row)
+                except psycopg.errors.UniqueViolation:
+                    write = next(w for w in writes if w.customer_id == row[2])
+                    error = f"{self.target} record {row[1]} is already linked to another customer"
+                    await self.dead_letter_write(write, error, 1)
+        DELIVERED.labels(self.target, "upsert").inc(len(delivered))
 
     async def archive(self, writes: list[tuple[Write, Link]]) -> None:
+        items = [Archive(w.customer_id, link.external_id, w.idempotency_key) for w, link in writes]
         try:
-            ids = [link.external_id for _, link in writes]
-            await self.call(lambda: self.client.batch_archive(ids))
+            outcomes = await self.call(lambda: self.client.archive(items))
         except (PermanentError, RetriesExhausted) as exc:
             for write, _ in writes:
                 await self.dead_letter_write(write, str(exc), getattr(exc, "attempts", 1))
             return
+        failed = {o.customer_id: o.error for o in outcomes if o.error is not None}
+        for write, _ in writes:
+            if write.customer_id in failed:
+                await self.dead_letter_write(write, failed[write.customer_id] or "", 1)
+        done = [w for w, _ in writes if w.customer_id not in failed]
         async with self.conn.cursor() as cursor:
             await cursor.executemany(
-                _LINK_ARCHIVED_SQL, [(ARCHIVED_HASH, TARGET, w.customer_id) for w, _ in writes]
+                _LINK_ARCHIVED_SQL, [(ARCHIVED_HASH, self.target, w.customer_id) for w in done]
             )
-        DELIVERED.labels(TARGET, "archive").inc(len(writes))
+        DELIVERED.labels(self.target, "archive").inc(len(done))
 
     async def dead_letter_write(self, write: Write, error: str, attempts: int) -> None:
         for command in write.commands:
@@ -189,36 +305,47 @@ class CrmAdapter:
         self, key: str | None, payload: Any, error: str, attempts: int = 1
     ) -> None:
         letter = DeadLetter(
-            stage="deliver", target=TARGET, key=key, payload=payload, error=error, attempts=attempts
-        )
-        log.warning("dead-lettered command for %s: %s", key, error[:300])
+            stage="deliver", target=self.target, key=key, payload=payload, error=error,
+            attempts=attempts,
+        )  # fmt: skip
+        log.warning("%s: dead-lettered command for %s: %s", self.target, key, error[:300])
         await insert_dead_letter(self.conn, letter)
         self.dead_letters.append(letter)
-        DEAD.labels(TARGET).inc()
+        DEAD.labels(self.target).inc()
 
 
-async def run_crm_adapter(settings: Settings, stop: asyncio.Event) -> None:
+async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> None:
     topics = Topics(settings.topic_prefix)
+    plan = load_plan(settings, target)
+    rules = load_rules(
+        settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor}
+    )
     consumer = AIOKafkaConsumer(
-        topics.commands(TARGET),
+        topics.commands(target),
         bootstrap_servers=settings.bootstrap,
-        group_id=f"crmsync-adapter-{TARGET}",
+        group_id=f"crmsync-adapter-{target}",
         enable_auto_commit=False,
         auto_offset_reset="earliest",
         session_timeout_ms=10_000,  # Tansu holds a JoinGroup for half of it
         heartbeat_interval_ms=3_000,
     )
-    client = HubSpotClient(settings.crm_url, settings.crm_token.get_secret_value())
+    client = make_client(settings, target, plan)
     conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-
-    adapter = CrmAdapter(
+    adapter = TargetAdapter(
+        target,
         client,
         conn,
-        TokenBucket(settings.crm_requests_per_window, settings.crm_window_seconds),
-        RetryPolicy(),
+        rules,
+        throttle_for(plan),
+        RetryPolicy(give_up_after=settings.retry_give_up_seconds),
+        CircuitBreaker(),
+        plan.concurrency,
     )
     await consumer.start()
-    log.info("crm adapter consuming %s -> %s", topics.commands(TARGET), settings.crm_url)
+    log.info(
+        "%s adapter consuming %s -> %s (%s, plan %s)",
+        target, topics.commands(target), settings.target_url(target), plan.vendor, plan.plan,
+    )  # fmt: skip
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=1000)

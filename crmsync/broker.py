@@ -15,6 +15,7 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from crmsync.domain.ownership import TARGETS
 from crmsync.settings import Settings
 
 __all__ = [
@@ -81,7 +82,7 @@ class Topics:
         return [
             *(self.cdc(table) for table in CDC_TABLES),
             self.heartbeat,
-            self.commands("crm"),
+            *(self.commands(target) for target in TARGETS),
             self.changes,
             self.state_changelog,
         ]

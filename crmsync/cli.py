@@ -25,10 +25,6 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Keep customers in sync between Postgres and CRM, billing and support.",
                   no_args_is_help=True, pretty_exceptions_enable=False)  # fmt: skip
-adapter_app = typer.Typer(help="Adapter workers (one per target).", no_args_is_help=True)
-emulator_app = typer.Typer(help="Local emulators of the targets' APIs.", no_args_is_help=True)
-app.add_typer(adapter_app, name="adapter")
-app.add_typer(emulator_app, name="emulator")
 console = Console(stderr=True)
 
 
@@ -171,47 +167,121 @@ def sample(count: Annotated[int, typer.Argument(help="How many customers.")] = 1
     console.print(f"inserted {insert_customers(_settings().dsn, count)} customers")
 
 
-@adapter_app.command("crm")
-def adapter_crm() -> None:
-    """Deliver crmsync.commands.crm to the CRM (HubSpot API)."""
+@app.command()
+def adapter(
+    target: Annotated[str, typer.Argument(help="crm, billing or support.")],
+) -> None:
+    """Deliver crmsync.commands.<target> to that target's API."""
     from prometheus_client import start_http_server
 
-    from adapters.worker import run_crm_adapter
+    from adapters.worker import run_adapter
+    from crmsync.domain.ownership import TARGETS
 
+    if target not in TARGETS:
+        raise typer.BadParameter(f"{target!r} is not one of {', '.join(TARGETS)}")
     settings = _settings()
-    configure_logging(settings.log_level, "adapter-crm")
-    start_http_server(settings.adapter_metrics_port, addr="127.0.0.1")
+    configure_logging(settings.log_level, f"adapter-{target}")
+    start_http_server(settings.adapter_metrics_port_of(target), addr="127.0.0.1")
 
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        await run_crm_adapter(settings, stop)
+        await run_adapter(settings, target, stop)
 
     asyncio.run(main())
 
 
-@emulator_app.command("hubspot")
-def emulator_hubspot(
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 18080,
-    host: Annotated[str, typer.Option(help="Address to bind.")] = "127.0.0.1",
-    rate_max: Annotated[int, typer.Option(help="Requests per interval.")] = 100,
-    rate_interval_ms: Annotated[int, typer.Option(help="Rate-limit interval.")] = 10_000,
-    require_token: Annotated[
-        bool, typer.Option(help="Accept only CRMSYNC_CRM_TOKEN (default: any bearer token).")
-    ] = False,
-) -> None:
-    """Serve the HubSpot CRM v3 contacts emulator."""
-    from emulators.hubspot import HubSpotEmulatorConfig, run
+dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=True)
+app.add_typer(dlq_app, name="dlq")
 
-    configure_logging("INFO", "emulator-hubspot")
-    config = HubSpotEmulatorConfig(
-        rate_limit_max=rate_max,
-        rate_limit_interval_ms=rate_interval_ms,
-        required_token=_settings().crm_token if require_token else None,
+TargetOption = Annotated[str | None, typer.Option(help="Only this target: crm, billing, support.")]
+SinceOption = Annotated[str | None, typer.Option(help="Only since: 30m, 2h, 7d or an ISO time.")]
+
+
+@dlq_app.command("list")
+def dlq_list(
+    target: TargetOption = None,
+    since: SinceOption = None,
+    all_: Annotated[bool, typer.Option("--all", help="Include replayed letters.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Dead letters not yet replayed (newest first)."""
+    from rich.table import Table
+
+    from crmsync.dlq import list_letters, parse_since
+
+    letters = list_letters(
+        _settings().dsn, target=target, since=parse_since(since), everything=all_, limit=limit
     )
-    run(config, host=host, port=port)
+    if as_json:
+        sys.stdout.write(orjson.dumps(letters, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title=f"{len(letters)} dead letters")
+    for column in ("id", "created", "stage", "target", "key", "tries", "error", "replayed"):
+        table.add_column(column)
+    for letter in letters:
+        table.add_row(
+            str(letter["id"]), f"{letter['created_at']:%Y-%m-%d %H:%M:%S}", letter["stage"],
+            letter["target"] or "", letter["key"] or "", str(letter["attempts"]),
+            letter["error"][:80], "yes" if letter["replayed_at"] else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(letter_id: Annotated[int, typer.Argument(help="The dead letter's id.")]) -> None:
+    """One dead letter in full: payload, error, attempts, source."""
+    from crmsync.dlq import show_letter
+
+    letter = show_letter(_settings().dsn, letter_id)
+    if letter is None:
+        console.print(f"no dead letter {letter_id}")
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(letter, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    ids: Annotated[list[int] | None, typer.Argument(help="Letter ids (default: all open).")] = None,
+    target: TargetOption = None,
+    since: SinceOption = None,
+) -> None:
+    """Re-send dead letters after the cause is fixed; idempotent."""
+    from crmsync.dlq import parse_since, replay
+
+    settings = _settings()
+    report = asyncio.run(replay(settings, ids=ids, target=target, since=parse_since(since)))
+    console.print(
+        f"replayed {report.letters} dead letters: {report.commands} commands sent,"
+        f" {report.rows_reread} rows re-read"
+    )
+    for letter_id, reason in report.not_replayed:
+        console.print(f"  not replayed: {letter_id}: {reason}")
+    if report.not_replayed:
+        raise typer.Exit(1)
+
+
+EMULATORS = ("hubspot", "salesforce", "stripe", "zendesk")
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def emulator(
+    ctx: typer.Context,
+    vendor: Annotated[str, typer.Argument(help=f"One of {', '.join(EMULATORS)}.")],
+) -> None:
+    """Serve a local emulator of a vendor's API (`crmsync emulator stripe --help` for options)."""
+    import importlib
+
+    if vendor not in EMULATORS:
+        raise typer.BadParameter(f"{vendor!r} is not one of {', '.join(EMULATORS)}")
+    configure_logging("INFO", f"emulator-{vendor}")
+    importlib.import_module(f"emulators.{vendor}").main(ctx.args)
 
 
 if __name__ == "__main__":

@@ -25,13 +25,6 @@ _FLOW = (
     ("streams", "streams_events", "changes processed"),
     ("streams", "streams_dead_letters", "dead-lettered at ingest"),
     ("streams", "streams_commands", "commands emitted"),
-    ("adapter-crm", "adapter_commands", "commands consumed"),
-    ("adapter-crm", "adapter_api_calls", "CRM API calls"),
-    ("adapter-crm", "adapter_retries", "retries"),
-    ("adapter-crm", "adapter_rate_limited", "429s"),
-    ("adapter-crm", "adapter_delivered", "writes applied"),
-    ("adapter-crm", "adapter_skipped", "writes skipped (already there)"),
-    ("adapter-crm", "adapter_dead_letters", "dead-lettered at delivery"),
 )
 
 
@@ -53,11 +46,30 @@ def render_status(report: dict[str, Any]) -> Group:
         value = report["components"].get(component, {}).get("metrics", {}).get(metric)
         flow.add_row(label, "-" if value is None else f"{value:,.0f}")
     database = report["components"]["database"]
-    for key in ("customers", "crm_links", "dead_letters_open"):
+    for key in ("customers", "dead_letters_open"):
         flow.add_row(f"db: {key.replace('_', ' ')}", f"{database.get(key, '-')}")
     for group, info in report.get("lag", {}).items():
         flow.add_row(f"lag: {group}", str(info.get("lag", info.get("error", "-"))))
-    return Group(components, flow)
+    targets = Table(title="targets", expand=False)
+    columns = ("target", "vendor/plan", "quota used", "API calls", "429s", "retries",
+               "breaker", "delivered", "links", "dead letters")  # fmt: skip
+    for column in columns:
+        targets.add_column(column, justify="left" if column in columns[:2] else "right")
+    for name, info in report.get("targets", {}).items():
+        quota = ", ".join(
+            f"{q['used']:,.0f}/{q['limit']:,.0f} per {window}"
+            for window, q in info["quota"].items()
+        )
+        breaker = info["breaker"]
+        targets.add_row(
+            name, f"{info['vendor']}/{info['plan']}", quota or "-",
+            f"{info['api_calls']:,.0f}", f"{info['rate_limited']:,.0f}",
+            f"{info['retries']:,.0f}",
+            f"[{'red' if breaker == 'open' else 'green'}]{breaker}[/]",
+            f"{info['delivered']:,.0f}", str(info["links"] if info["links"] is not None else "-"),
+            str(info["dead_letters_open"] if info["dead_letters_open"] is not None else "-"),
+        )  # fmt: skip
+    return Group(components, flow, targets)
 
 
 def run_live(

@@ -15,17 +15,22 @@ from crmsync.errors import ConfigError
 __all__ = ["SyncRules", "load_rules"]
 
 
+#: The vendors each target can be, in mapping.toml as `[<target>.<vendor>]`.
+VENDORS = {"crm": ("hubspot", "salesforce"), "billing": ("stripe",), "support": ("zendesk",)}
+
+
 @dataclass(frozen=True)
 class SyncRules:
     ownership: OwnershipMatrix
-    mappings: dict[str, TargetMapping]
+    mappings: dict[str, TargetMapping]  # per target, for the vendor chosen for it
 
     def synced_fields(self, target: str) -> frozenset[str]:
         """Fields that flow to `target` and that its mapping knows how to write."""
         mapping = self.mappings.get(target)
         if mapping is None:
             return frozenset()
-        return self.ownership.fields_flowing_to(target) & frozenset(mapping.fields)
+        sources = {f for name in mapping.fields for f in mapping.sources(name)}
+        return self.ownership.fields_flowing_to(target) & frozenset(sources)
 
 
 def _read(path: Path) -> dict[str, object]:
@@ -35,24 +40,45 @@ def _read(path: Path) -> dict[str, object]:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
-def load_rules(ownership_file: Path, mapping_file: Path) -> SyncRules:
+def load_rules(
+    ownership_file: Path, mapping_file: Path, vendors: dict[str, str] | None = None
+) -> SyncRules:
+    """Load both files; every vendor's mapping is validated, `vendors` picks the one used per
+    target (default: the first listed in VENDORS)."""
     try:
         ownership = OwnershipMatrix.model_validate(_read(ownership_file))
     except ValidationError as exc:
         raise ConfigError(f"{ownership_file}: {exc}") from exc
-    raw_mappings = _read(mapping_file)
-    unknown = sorted(set(raw_mappings) - set(TARGETS))
+    raw = _read(mapping_file)
+    unknown = sorted(set(raw) - set(TARGETS))
     if unknown:
         raise ConfigError(f"{mapping_file}: unknown targets {', '.join(unknown)}")
-    try:
-        mappings = {t: TargetMapping.model_validate(m) for t, m in raw_mappings.items()}
-    except ValidationError as exc:
-        raise ConfigError(f"{mapping_file}: {exc}") from exc
-    for target, mapping in mappings.items():
-        unowned = sorted(set(mapping.fields) - set(ownership.fields))
-        if unowned:
-            raise ConfigError(
-                f"{mapping_file}: [{target}] maps fields with no ownership rule: "
-                + ", ".join(unowned)
-            )
+    chosen = {t: v[0] for t, v in VENDORS.items() if t in raw} | (vendors or {})
+    mappings = {}
+    for target, by_vendor in raw.items():
+        if not isinstance(by_vendor, dict):
+            raise ConfigError(f"{mapping_file}: [{target}] must be a table of vendors")
+        strange = sorted(set(by_vendor) - set(VENDORS[target]))
+        if strange:
+            raise ConfigError(f"{mapping_file}: [{target}] unknown vendors {', '.join(strange)}")
+        for vendor, document in by_vendor.items():
+            try:
+                mapping = TargetMapping.model_validate(document)
+            except ValidationError as exc:
+                raise ConfigError(f"{mapping_file}: [{target}.{vendor}] {exc}") from exc
+            sources = {f for name in mapping.fields for f in mapping.sources(name)}
+            unowned = sorted(sources - set(ownership.fields))
+            if unowned:
+                raise ConfigError(
+                    f"{mapping_file}: [{target}.{vendor}] maps fields with no ownership rule: "
+                    + ", ".join(unowned)
+                )
+            if chosen.get(target) == vendor:
+                mappings[target] = mapping
+    missing = sorted(t for t, v in chosen.items() if t not in mappings)
+    if missing:
+        raise ConfigError(
+            f"{mapping_file}: no mapping for "
+            + ", ".join(f"[{t}.{chosen[t]}]" for t in missing)
+        )
     return SyncRules(ownership, mappings)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import Field, SecretStr, model_validator
@@ -37,11 +38,32 @@ class Settings(BaseSettings):
     # re-snapshotted from Postgres).
     broker_memory_limit_mb: int = 2048
 
+    # The targets. Left without a base URL, `crmsync up` runs each vendor's local emulator.
+    # A plan (config/targets.toml) sets each target's quota; `*_requests_per_window` and
+    # `*_window_seconds` override it (e.g. for an account with a raised limit).
+    crm_vendor: Literal["hubspot", "salesforce"] = "hubspot"
     crm_base_url: str | None = None
     crm_token: SecretStr = SecretStr("local-dev-token")
-    crm_requests_per_window: int = 100
-    crm_window_seconds: float = 10.0
+    crm_plan: str | None = None
+    crm_requests_per_window: int | None = None
+    crm_window_seconds: float | None = None
     emulator_port: int = 18080
+    billing_base_url: str | None = None
+    billing_token: SecretStr = SecretStr("sk_test_crmsync_local")
+    billing_plan: str | None = None
+    billing_requests_per_window: int | None = None
+    billing_window_seconds: float | None = None
+    billing_emulator_port: int = 18081
+    support_base_url: str | None = None
+    support_email: str = "crmsync@example.com"
+    support_token: SecretStr = SecretStr("local-dev-token")
+    support_plan: str | None = None
+    support_requests_per_window: int | None = None
+    support_window_seconds: float | None = None
+    support_emulator_port: int = 18082
+    # A write that keeps failing transiently (target down, 5xx) is retried with backoff, behind
+    # the circuit breaker, for this long before it is dead-lettered for `crmsync dlq replay`.
+    retry_give_up_seconds: float = Field(default=600.0, gt=0)
 
     ownership_file: Path = PROJECT_ROOT / "config" / "ownership.toml"
     mapping_file: Path = PROJECT_ROOT / "config" / "mapping.toml"
@@ -51,7 +73,9 @@ class Settings(BaseSettings):
     # Each process serves Prometheus metrics on loopback; `crmsync status` reads them.
     capture_metrics_port: int = 19101
     streams_metrics_port: int = 19102
-    adapter_metrics_port: int = 19103
+    adapter_metrics_port: int = 19103  # the crm adapter's
+    billing_adapter_metrics_port: int = 19104
+    support_adapter_metrics_port: int = 19105
     log_level: str = "INFO"
 
     @model_validator(mode="before")
@@ -95,9 +119,33 @@ class Settings(BaseSettings):
     def bootstrap(self) -> str:
         return self.kafka_bootstrap or f"127.0.0.1:{self.broker_port}"
 
+    def vendor(self, target: str) -> str:
+        return {"crm": self.crm_vendor, "billing": "stripe", "support": "zendesk"}[target]
+
+    def target_url(self, target: str) -> str:
+        base: str | None = getattr(self, f"{target}_base_url")
+        return base or f"http://127.0.0.1:{self.emulator_port_of(target)}"
+
+    def emulated(self, target: str) -> bool:
+        return getattr(self, f"{target}_base_url") is None
+
+    def emulator_port_of(self, target: str) -> int:
+        return {
+            "crm": self.emulator_port,
+            "billing": self.billing_emulator_port,
+            "support": self.support_emulator_port,
+        }[target]
+
+    def adapter_metrics_port_of(self, target: str) -> int:
+        return {
+            "crm": self.adapter_metrics_port,
+            "billing": self.billing_adapter_metrics_port,
+            "support": self.support_adapter_metrics_port,
+        }[target]
+
     @property
     def crm_url(self) -> str:
-        return self.crm_base_url or f"http://127.0.0.1:{self.emulator_port}"
+        return self.target_url("crm")
 
 
 def load_settings(**overrides: object) -> Settings:

@@ -24,6 +24,7 @@ import psutil
 
 from canonical_db import apply_migrations
 from crmsync.broker import create_topics, start_tansu, wait_for_broker
+from crmsync.domain.ownership import TARGETS
 from crmsync.errors import PrerequisiteMissing
 from crmsync.postgres import LocalPostgres, find_pg_bindir
 from crmsync.settings import Settings
@@ -33,7 +34,7 @@ __all__ = ["Stack", "check_prerequisites", "read_stack_file"]
 log = logging.getLogger("crmsync.stack")
 
 # Start order; stopped in reverse.
-PIPELINE = ("capture", "streams", "adapter-crm")
+PIPELINE = ("capture", "streams", *(f"adapter-{target}" for target in TARGETS))
 
 
 def check_prerequisites(settings: Settings) -> None:
@@ -80,14 +81,27 @@ class Stack:
     def logs(self) -> Path:
         return self.settings.state_dir / "logs"
 
+    def emulators(self) -> dict[str, str]:
+        """The emulator process to run per emulated target: {"emulator-stripe": "billing"}."""
+        return {
+            f"emulator-{self.settings.vendor(target)}": target
+            for target in TARGETS
+            if self.settings.emulated(target)
+        }
+
     def command(self, name: str) -> list[str]:
         cli = [sys.executable, "-m", "crmsync.cli"]
+        if name in self.emulators():
+            target = self.emulators()[name]
+            vendor = self.settings.vendor(target)
+            data = self.settings.state_dir / "emulators" / f"{vendor}.sqlite"
+            port = str(self.settings.emulator_port_of(target))
+            return [*cli, "emulator", vendor, "--port", port, "--data", str(data)]
+        if name.startswith("adapter-"):
+            return [*cli, "adapter", name.removeprefix("adapter-")]
         return {
-            "emulator-hubspot": [*cli, "emulator", "hubspot", "--port",
-                                 str(self.settings.emulator_port)],
             "capture": [*cli, "capture"],
             "streams": [sys.executable, "-m", "faust", "-A", "streams.app", "worker", "-l", "info"],
-            "adapter-crm": [*cli, "adapter", "crm"],
         }[name]  # fmt: skip
 
     def spawn(self, name: str) -> None:
@@ -120,9 +134,10 @@ class Stack:
             self.start_broker()
         wait_for_broker(self.settings.bootstrap)
         create_topics(self.settings)
-        if self.settings.crm_base_url is None:
-            self.spawn("emulator-hubspot")
-            wait_for_http(f"{self.settings.crm_url}/_emulator/stats")
+        for name in self.emulators():
+            self.spawn(name)
+        for target in self.emulators().values():
+            wait_for_http(f"{self.settings.target_url(target)}/_emulator/stats")
         for name in PIPELINE:
             self.spawn(name)
 
@@ -171,7 +186,7 @@ class Stack:
         self.write_stack_file()
 
     def down(self) -> None:
-        for name in (*reversed(PIPELINE), "emulator-hubspot", "broker"):
+        for name in (*reversed(PIPELINE), *self.emulators(), "broker"):
             self.stop_process(name)
         if self.settings.embedded_database:
             self.postgres().stop()

@@ -16,8 +16,11 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from crmsync.broker import STREAMS_APP_ID, Topics
+from crmsync.domain.ownership import TARGETS
+from crmsync.errors import ConfigError
 from crmsync.settings import Settings
 from crmsync.stack import read_stack_file
+from crmsync.targets import load_plan
 
 __all__ = ["collect_status", "consumer_lag"]
 
@@ -37,6 +40,8 @@ def _metrics(port: int) -> dict[str, float]:
                 continue
             if sample.name.endswith(("_total", "_timestamp")) or family.type == "gauge":
                 name = sample.name.removeprefix("crmsync_").removesuffix("_total")
+                if "window" in sample.labels:  # per quota window: kept apart
+                    name = f"{name}:{sample.labels['window']}"
                 totals[name] = totals.get(name, 0.0) + sample.value
     return totals
 
@@ -62,6 +67,15 @@ def _database(settings: Settings) -> dict[str, Any]:
                           (select count(*) from sync.identity_links where system = 'crm'),
                           (select count(*) from sync.review_queue where resolved_at is null)"""
             ).fetchone()
+            per_target = conn.execute(
+                """select t.target,
+                          (select count(*) from sync.identity_links l
+                           where l.system = t.target and l.archived_at is null),
+                          (select count(*) from sync.dead_letters d
+                           where d.target = t.target and d.replayed_at is null)
+                   from unnest(%s::text[]) as t(target)""",
+                (list(TARGETS),),
+            ).fetchall()
     except psycopg.Error as exc:
         return {"state": "unreachable", "error": type(exc).__name__}
     assert row is not None
@@ -72,6 +86,9 @@ def _database(settings: Settings) -> dict[str, Any]:
         "dead_letters_open": row[2],
         "crm_links": row[3],
         "review_open": row[4],
+        "targets": {
+            t: {"links": links, "dead_letters_open": dead} for t, links, dead in per_target
+        },
     }
 
 
@@ -80,7 +97,7 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
     topics = Topics(settings.topic_prefix)
     groups = {
         "streams": (STREAMS_APP_ID, topics.customers_cdc),
-        "adapter-crm": ("crmsync-adapter-crm", topics.commands("crm")),
+        **{f"adapter-{t}": (f"crmsync-adapter-{t}", topics.commands(t)) for t in TARGETS},
     }
     result: dict[str, Any] = {}
     for name, (group, topic) in groups.items():
@@ -112,16 +129,23 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                     "metrics": _metrics(settings.capture_metrics_port)},
         "streams": {**_process(pids.get("streams")),
                     "metrics": _metrics(settings.streams_metrics_port)},
-        "adapter-crm": {**_process(pids.get("adapter-crm")), "endpoint": settings.crm_url,
-                        "metrics": _metrics(settings.adapter_metrics_port)},
     }  # fmt: skip
+    for target in TARGETS:
+        components[f"adapter-{target}"] = {
+            **_process(pids.get(f"adapter-{target}")),
+            "endpoint": settings.target_url(target),
+            "metrics": _metrics(settings.adapter_metrics_port_of(target)),
+        }
     if settings.embedded_broker:
         components["broker"]["memory_limit_mb"] = settings.broker_memory_limit_mb
-    if "emulator-hubspot" in pids:
-        emulator = {"endpoint": settings.crm_url, **_process(pids.get("emulator-hubspot"))}
-        with contextlib.suppress(httpx.HTTPError, ValueError):
-            emulator["stats"] = httpx.get(f"{settings.crm_url}/_emulator/stats", timeout=2).json()
-        components["emulator-hubspot"] = emulator
+    for target in TARGETS:
+        name = f"emulator-{settings.vendor(target)}"
+        if name in pids:
+            url = settings.target_url(target)
+            emulator = {"endpoint": url, **_process(pids.get(name))}
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                emulator["stats"] = httpx.get(f"{url}/_emulator/stats", timeout=2).json()
+            components[name] = emulator
     lag: dict[str, Any] = {}
     if components["broker"].get("state") == "running" or not settings.embedded_broker:
         lag = consumer_lag(settings)
@@ -129,5 +153,39 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         "supervisor": _process(stack.get("supervisor")),
         "restarts": stack.get("restarts", {}),
         "components": components,
+        "targets": _targets(settings, components),
         "lag": lag,
     }
+
+
+def _targets(settings: Settings, components: dict[str, Any]) -> dict[str, Any]:
+    """Per target: its vendor and plan, quota use, 429s, retries, breaker, dead letters."""
+    database = components["database"].get("targets", {})
+    report = {}
+    for target in TARGETS:
+        metrics = components[f"adapter-{target}"]["metrics"]
+        try:
+            plan: str | None = load_plan(settings, target).plan
+        except ConfigError:
+            plan = None
+        quota = {}
+        for key, limit in metrics.items():
+            if key.startswith("adapter_quota_limit:"):
+                window = key.split(":", 1)[1]
+                used = metrics.get(f"adapter_quota_used:{window}", 0.0)
+                quota[window] = {"limit": limit, "used": used}
+        report[target] = {
+            "vendor": settings.vendor(target),
+            "plan": plan,
+            "endpoint": settings.target_url(target),
+            "quota": quota,
+            "api_calls": metrics.get("adapter_api_calls", 0.0),
+            "rate_limited": metrics.get("adapter_rate_limited", 0.0),
+            "retries": metrics.get("adapter_retries", 0.0),
+            "breaker": "open" if metrics.get("adapter_breaker_open") else "closed",
+            "breaker_opened": metrics.get("adapter_breaker_opened", 0.0),
+            "delivered": metrics.get("adapter_delivered", 0.0),
+            "links": database.get(target, {}).get("links"),
+            "dead_letters_open": database.get(target, {}).get("dead_letters_open"),
+        }
+    return report

@@ -8,23 +8,28 @@ property of a target sends that target nothing, and a replay of a known change s
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
 from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
 from crmsync.domain.events import CustomerChange, SourcePosition
-from crmsync.rules import SyncRules
+
+if TYPE_CHECKING:  # crmsync.rules imports the domain: a runtime import would be circular
+    from crmsync.rules import SyncRules
 
 __all__ = [
     "ARCHIVED_HASH",
+    "LANES",
     "Command",
     "CustomerState",
     "Decision",
     "GoldenChange",
+    "Lane",
     "TargetPush",
     "apply",
+    "fingerprint",
 ]
 
 
@@ -45,6 +50,13 @@ class CustomerState(BaseModel):
     pushed: dict[str, TargetPush] = {}
 
 
+#: Delivery priority, highest first: consent and do-not-contact changes, then new customers,
+#: then updates, then activity. Per-customer order always comes before priority.
+Lane = Literal["consent", "create", "update", "activity"]
+LANES: tuple[Lane, ...] = ("consent", "create", "update", "activity")
+CONSENT_FIELDS = frozenset({"consent_email", "consent_sms", "do_not_contact"})
+
+
 class Command(BaseModel):
     """One write for one target, keyed by customer on `crmsync.commands.<target>`."""
 
@@ -55,7 +67,9 @@ class Command(BaseModel):
     customer_id: str
     action: Literal["upsert", "archive"]
     id_property: str
-    properties: dict[str, Any]  # only what changed, plus the id property
+    properties: dict[str, Any]  # only what changed, plus the id property (all when `full`)
+    full: bool = False  # `properties` is the target's whole desired state
+    lane: Lane = "update"
     desired_hash: str  # fingerprint of the target's full desired state after this command
     source: SourcePosition
 
@@ -81,11 +95,11 @@ class Decision(BaseModel):
     change: GoldenChange | None
 
 
-def _fingerprint(value: Any) -> str:
+def fingerprint(value: Any) -> str:
     return hashlib.sha256(orjson.dumps(value, option=orjson.OPT_SORT_KEYS)).hexdigest()[:32]
 
 
-ARCHIVED_HASH = _fingerprint("archived")
+ARCHIVED_HASH = fingerprint("archived")
 
 
 def _changed_fields(old: GoldenRecord | None, new: GoldenRecord | None) -> dict[str, Any]:
@@ -108,7 +122,7 @@ def _op(state: CustomerState | None, change: CustomerChange, deleted: bool) -> s
 
 def _command_key(change: CustomerChange, target: str) -> str:
     s = change.source
-    return _fingerprint([target, change.customer_id, s.lsn, s.tx_id, s.op, s.topic, s.offset])
+    return fingerprint([target, change.customer_id, s.lsn, s.tx_id, s.op, s.topic, s.offset])
 
 
 def _target_command(
@@ -121,7 +135,13 @@ def _target_command(
     mapping = rules.mappings[target]
     pushed = state.pushed.get(target) if state else None
 
-    def command(action: Literal["upsert", "archive"], props: dict[str, Any], h: str) -> Command:
+    def command(
+        action: Literal["upsert", "archive"],
+        props: dict[str, Any],
+        h: str,
+        full: bool = False,
+        lane: Lane = "update",
+    ) -> Command:
         return Command(
             idempotency_key=_command_key(change, target),
             target=target,
@@ -129,6 +149,8 @@ def _target_command(
             action=action,
             id_property=mapping.id_property,
             properties={**props, mapping.id_property: change.customer_id},
+            full=full,
+            lane=lane,
             desired_hash=h,
             source=change.source,
         )
@@ -141,17 +163,22 @@ def _target_command(
     assert change.record is not None
     fields = rules.synced_fields(target)
     desired = mapping.properties(change.record, fields)
-    desired_hash = _fingerprint(desired)
+    desired_hash = fingerprint(desired)
     if pushed is not None and pushed.hash == desired_hash:
         return pushed, None
     previous: dict[str, Any] = {}
     old = state.golden if state else None
     if pushed is not None and not pushed.archived and old is not None:
         old_props = mapping.properties(old, fields)
-        if _fingerprint(old_props) == pushed.hash:  # we know exactly what the target holds
+        if fingerprint(old_props) == pushed.hash:  # we know exactly what the target holds
             previous = old_props
     delta = {k: v for k, v in desired.items() if previous.get(k, object()) != v}
-    return TargetPush(hash=desired_hash), command("upsert", delta, desired_hash)
+    consent = {mapping.fields[f].property for f in CONSENT_FIELDS & set(mapping.fields)}
+    lane: Lane = "create" if pushed is None or pushed.archived else "update"
+    if previous and consent & set(delta):
+        lane = "consent"
+    full = not previous
+    return TargetPush(hash=desired_hash), command("upsert", delta, desired_hash, full, lane)
 
 
 def apply(
@@ -177,7 +204,7 @@ def apply(
     golden_change = None
     if changed or deleted != was_deleted or (deleted and state is None):
         golden_change = GoldenChange(
-            event_id=_fingerprint([change.customer_id, change.source.model_dump()]),
+            event_id=fingerprint([change.customer_id, change.source.model_dump()]),
             customer_id=change.customer_id,
             op=_op(state, change, deleted),  # type: ignore[arg-type]
             changed=changed,

@@ -174,9 +174,13 @@ def stack_settings(state_dir: Path, emulator: Emulator, **overrides: Any) -> Set
         "crm_base_url": emulator.url,
         "crm_requests_per_window": 1000,
         "crm_window_seconds": 1.0,
+        "billing_emulator_port": free_port(),
+        "support_emulator_port": free_port(),
         "capture_metrics_port": free_port(),
         "streams_metrics_port": free_port(),
         "adapter_metrics_port": free_port(),
+        "billing_adapter_metrics_port": free_port(),
+        "support_adapter_metrics_port": free_port(),
     }
     return Settings(**{**values, **overrides})
 

@@ -14,11 +14,13 @@ from jsonschema import Draft202012Validator
 from crmsync.domain.customer import normalise_customer
 from crmsync.domain.decide import GoldenChange, apply
 from crmsync.domain.events import CustomerChange, SourcePosition
-from crmsync.rules import load_rules
+from crmsync.rules import SyncRules, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "customer_change.schema.json"
-RULES = load_rules(ROOT / "config" / "ownership.toml", ROOT / "config" / "mapping.toml")
+OWNERSHIP = ROOT / "config" / "ownership.toml"
+MAPPING = ROOT / "config" / "mapping.toml"
+RULES = load_rules(OWNERSHIP, MAPPING)
 ADDED_BY_FILE = ("$schema", "$id", "title", "description")
 CID = "3e4f5a6b-7c8d-4e9f-a0b1-c2d3e4f5a6b7"
 
@@ -52,7 +54,7 @@ ROW = {
 }
 
 
-def _emitted() -> list[GoldenChange]:
+def _emitted(rules: SyncRules = RULES) -> list[GoldenChange]:
     """Every kind of GoldenChange apply() publishes: created, updated, deleted, restored."""
     steps = [
         _change(ROW, "c", 1),
@@ -63,7 +65,7 @@ def _emitted() -> list[GoldenChange]:
     ]
     state, emitted = None, []
     for step in steps:
-        decision = apply(state, step, RULES, "2024-05-01T10:00:00+00:00")
+        decision = apply(state, step, rules, "2024-05-01T10:00:00+00:00")
         state = decision.state
         assert decision.change is not None
         emitted.append(decision.change)
@@ -96,6 +98,14 @@ def test_every_published_op_validates(validator: Draft202012Validator) -> None:
     assert [c.op for c in emitted] == ["created", "updated", "deleted", "restored", "deleted"]
     for change in emitted:
         assert list(validator.iter_errors(json.loads(change.model_dump_json()))) == []
+
+
+def test_published_changes_do_not_depend_on_targets_or_vendors() -> None:
+    """The change stream describes the golden record, whichever targets and vendors it feeds."""
+    salesforce = load_rules(OWNERSHIP, MAPPING, vendors={"crm": "salesforce"})
+    crm_only = SyncRules(RULES.ownership, {"crm": RULES.mappings["crm"]})
+    assert _emitted(salesforce) == _emitted(RULES)
+    assert _emitted(crm_only) == _emitted(RULES)
 
 
 @pytest.fixture

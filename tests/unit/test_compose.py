@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import threading
 import tomllib
 from collections.abc import Iterator
@@ -57,7 +58,12 @@ VERSION = re.compile(r"\d+(?:\.\d+)*")
 # Images whose releases are numbered MAJOR.MINOR (PostgreSQL since 10): two parts are exact.
 TWO_PART_VERSIONS = {"postgres"}
 # Services whose health probe connects to the metrics port their process serves.
-METRICS_PORT_SETTING = {"streams": "streams_metrics_port", "adapter-crm": "adapter_metrics_port"}
+METRICS_PORT_SETTING = {
+    "streams": "streams_metrics_port",
+    "adapter-crm": "adapter_metrics_port",
+    "adapter-billing": "billing_adapter_metrics_port",
+    "adapter-support": "support_adapter_metrics_port",
+}
 
 
 # --- reading the files -------------------------------------------------------------------------
@@ -187,6 +193,8 @@ def cli_root() -> Any:
 def cli_problem(words: list[str]) -> str | None:
     """Why `crmsync ARGS...` is not a command line of the real CLI, or None if it is."""
     cmd, rest, path = cli_root(), words[1:], ["crmsync"]
+    if rest[:1] == ["emulator"]:
+        return emulator_problem(rest[1:])
     while getattr(cmd, "commands", None) is not None:
         if not rest or rest[0] not in cmd.commands:
             return f"{' '.join(path)} has no sub-command {rest[:1]}; it has {sorted(cmd.commands)}"
@@ -196,6 +204,22 @@ def cli_problem(words: list[str]) -> str | None:
     unknown = [w for w in rest if w.startswith("-") and w.split("=", 1)[0] not in options]
     if unknown:
         return f"{' '.join(path)} has no option {unknown}; it has {sorted(options)}"
+    return None
+
+
+def emulator_problem(words: list[str]) -> str | None:
+    """`crmsync emulator VENDOR ARGS...` hands ARGS to the vendor emulator's own parser."""
+    from crmsync.cli import EMULATORS
+
+    if not words or words[0] not in EMULATORS:
+        return f"crmsync emulator has no vendor {words[:1]}; it has {list(EMULATORS)}"
+    usage = subprocess.run(
+        [sys.executable, "-m", f"emulators.{words[0]}", "--help"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    unknown = [w for w in words[1:] if w.startswith("-") and w.split("=", 1)[0] not in usage]
+    if unknown:
+        return f"crmsync emulator {words[0]} has no option {unknown}"
     return None
 
 

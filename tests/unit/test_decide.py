@@ -1,4 +1,5 @@
-"""apply(): what one canonical change means for the CRM, with the shipped ownership and mapping."""
+"""apply(): what one canonical change means for each target (crm, billing, support), with the
+shipped ownership and mapping (HubSpot, Stripe and Zendesk unless a test picks Salesforce)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,14 @@ from hypothesis import strategies as st
 from crmsync.domain.customer import GoldenRecord, normalise_customer
 from crmsync.domain.decide import Command, CustomerState, Decision, apply
 from crmsync.domain.events import CustomerChange, SourcePosition
-from crmsync.rules import load_rules
+from crmsync.rules import SyncRules, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
-RULES = load_rules(ROOT / "config" / "ownership.toml", ROOT / "config" / "mapping.toml")
+OWNERSHIP = ROOT / "config" / "ownership.toml"
+MAPPING = ROOT / "config" / "mapping.toml"
+RULES = load_rules(OWNERSHIP, MAPPING)
+SALESFORCE = load_rules(OWNERSHIP, MAPPING, vendors={"crm": "salesforce"})
+TARGETS = {"crm", "billing", "support"}
 NOW = "2024-05-01T10:00:00+00:00"
 CID = "5d1c0a2e-8f3b-4c6d-9e7f-0a1b2c3d4e5f"
 ROW: dict[str, Any] = {
@@ -36,7 +41,14 @@ ROW: dict[str, Any] = {
     "consent_email": True,
     "updated_at": "2024-05-01T09:00:00Z",
 }
+ID_PROPERTY = {"crm": "crmsync_id", "billing": "metadata.crmsync_id", "support": "external_id"}
 CRM_PROPERTIES = {m.property for m in RULES.mappings["crm"].fields.values()} | {"crmsync_id"}
+# What the CRM maps for consent and do-not-contact (and nothing else does).
+CONSENT_PROPERTIES = {
+    "crm": {"crmsync_consent_email", "crmsync_consent_sms", "crmsync_do_not_contact"},
+    "billing": set(),
+    "support": set(),
+}
 
 
 def change(
@@ -71,27 +83,64 @@ def run(state: CustomerState | None, *changes: CustomerChange) -> Decision:
     return decision
 
 
-def only_command(decision: Decision) -> Command:
+def by_target(decision: Decision) -> dict[str, Command]:
+    """The decision's commands by target; at most one per target."""
+    targets = [c.target for c in decision.commands]
+    assert len(targets) == len(set(targets)), decision.commands
+    return {c.target: c for c in decision.commands}
+
+
+def only_command(decision: Decision, target: str = "crm") -> Command:
+    """The single command of a decision, which must go to `target`."""
     assert len(decision.commands) == 1, decision.commands
-    return decision.commands[0]
+    command = decision.commands[0]
+    assert command.target == target
+    return command
+
+
+def desired(record: GoldenRecord, target: str, rules: SyncRules = RULES) -> dict[str, Any]:
+    return rules.mappings[target].properties(record, rules.synced_fields(target))
 
 
 CREATED = change(ROW, op="c", offset=1)
+CREATED_STATE = apply(None, CREATED, RULES, NOW).state
 DELETED_AT = "2024-05-02T00:00:00Z"
+
+
+def update(**fields: Any) -> Decision:
+    """Apply an update of the created customer (ROW) with `fields` changed."""
+    return apply(CREATED_STATE, change({**ROW, **fields}, offset=2), RULES, NOW)
 
 
 def test_shipped_rules_send_every_synced_field_to_the_crm() -> None:
     assert RULES.synced_fields("crm") == frozenset(RULES.mappings["crm"].fields)
 
 
-def test_new_customer_is_one_full_upsert_to_the_crm() -> None:
-    decision = apply(None, CREATED, RULES, NOW)
-    command = only_command(decision)
-    assert command.target == "crm"
-    assert command.action == "upsert"
-    assert command.customer_id == CID
-    assert command.id_property == "crmsync_id"
-    assert set(command.properties) == CRM_PROPERTIES
+def test_shipped_rules_pick_one_mapping_per_target() -> None:
+    assert set(RULES.mappings) == TARGETS
+    assert {t: m.id_property for t, m in RULES.mappings.items()} == ID_PROPERTY
+
+
+# --- a new customer ---------------------------------------------------------------------------
+
+
+def test_new_customer_is_one_full_create_per_target() -> None:
+    commands = by_target(apply(None, CREATED, RULES, NOW))
+    assert set(commands) == TARGETS
+    for target, command in commands.items():
+        assert command.action == "upsert"
+        assert command.customer_id == CID
+        assert command.id_property == ID_PROPERTY[target]
+        assert command.properties[ID_PROPERTY[target]] == CID
+        assert command.full is True
+        assert command.lane == "create"
+        assert command.source == CREATED.source
+        assert command.properties == desired(CREATED.record, target)  # type: ignore[arg-type]
+
+
+def test_new_customer_crm_properties_are_canonical_values_under_hubspot_names() -> None:
+    command = by_target(apply(None, CREATED, RULES, NOW))["crm"]
+    assert set(command.properties) == CRM_PROPERTIES  # every mapped property, even unset ones
     props = command.properties
     assert props["crmsync_id"] == CID
     assert props["email"] == "alice@example.com"
@@ -99,12 +148,66 @@ def test_new_customer_is_one_full_upsert_to_the_crm() -> None:
     assert props["lastname"] == "Smith"
     assert props["phone"] == "+49301234567"
     assert props["country"] == "DE"
+    assert props["date_of_birth"] == "1990-01-01"
     assert props["lifecyclestage"] == "opportunity"  # enum map trial -> opportunity
     assert props["crmsync_plan_tier"] == "pro"
-    assert props["crmsync_consent_email"] == "true"
-    assert props["crmsync_consent_sms"] == "false"
-    assert props["address"] == ""  # unset fields clear the property
-    assert command.source == CREATED.source
+    # The vendor client encodes values: the domain keeps bools as bools and unset as None.
+    assert props["crmsync_consent_email"] is True
+    assert props["crmsync_consent_sms"] is False
+    assert props["crmsync_do_not_contact"] is False
+    assert props["address"] is None
+    assert props["crmsync_owner_email"] is None
+
+
+def test_new_customer_billing_properties_under_stripe_names() -> None:
+    assert by_target(apply(None, CREATED, RULES, NOW))["billing"].properties == {
+        "metadata.crmsync_id": CID,
+        "email": "alice@example.com",
+        "phone": "+49301234567",
+        "name": "Alice Smith",
+        "address.line1": None,
+        "address.city": "Berlin",
+        "address.postal_code": None,
+        "address.state": None,
+        "address.country": "DE",
+        "metadata.plan_tier": "pro",
+    }
+
+
+def test_new_customer_support_properties_under_zendesk_names() -> None:
+    assert by_target(apply(None, CREATED, RULES, NOW))["support"].properties == {
+        "external_id": CID,
+        "email": "alice@example.com",
+        "phone": "+49301234567",
+        "name": "Alice Smith",
+        "time_zone": "Europe/Berlin",
+        "locale": "de-DE",
+        "user_fields.plan_tier": "pro",
+        "user_fields.account_status": "active",
+    }
+
+
+def test_new_customer_with_salesforce_uses_salesforce_names_and_id() -> None:
+    commands = by_target(apply(None, CREATED, SALESFORCE, NOW))
+    crm = commands["crm"]
+    assert crm.id_property == "crmsync_id__c"
+    assert crm.properties["crmsync_id__c"] == CID
+    assert crm.properties["Email"] == "alice@example.com"
+    assert crm.properties["FirstName"] == "Alice"
+    assert crm.properties["Lifecycle_Stage__c"] == "Trial"
+    assert crm.properties["DoNotCall"] is False
+    assert "email" not in crm.properties and "crmsync_id" not in crm.properties
+    hubspot = by_target(apply(None, CREATED, RULES, NOW))
+    assert commands["billing"] == hubspot["billing"]  # the CRM vendor changes only the CRM
+    assert commands["support"] == hubspot["support"]
+
+
+def test_consent_change_with_salesforce_goes_in_the_consent_lane() -> None:
+    state = apply(None, CREATED, SALESFORCE, NOW).state
+    decision = apply(state, change({**ROW, "do_not_contact": True}, offset=2), SALESFORCE, NOW)
+    command = only_command(decision)
+    assert command.lane == "consent"
+    assert command.properties == {"DoNotCall": True, "crmsync_id__c": CID}
 
 
 def test_new_customer_is_published_as_created() -> None:
@@ -126,8 +229,48 @@ def test_new_customer_is_published_as_created() -> None:
 )
 def test_lifecycle_stage_uses_the_enum_map(lifecycle: tuple[str, str]) -> None:
     ours, theirs = lifecycle
-    command = only_command(apply(None, change({**ROW, "lifecycle_stage": ours}), RULES, NOW))
-    assert command.properties["lifecyclestage"] == theirs
+    commands = by_target(apply(None, change({**ROW, "lifecycle_stage": ours}), RULES, NOW))
+    assert commands["crm"].properties["lifecyclestage"] == theirs
+
+
+# --- joined full name -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("first", "last", "name"),
+    [
+        ("Alice", "Smith", "Alice Smith"),
+        ("Alice", None, "Alice"),
+        (None, "Smith", "Smith"),
+        ("  Alice  ", "van  der Berg", "Alice van der Berg"),  # normalised before joining
+        (None, None, None),
+    ],
+)
+def test_billing_and_support_get_first_and_last_name_joined(
+    first: str | None, last: str | None, name: str | None
+) -> None:
+    row = {**ROW, "first_name": first, "last_name": last}
+    commands = by_target(apply(None, change(row, op="c"), RULES, NOW))
+    assert commands["billing"].properties["name"] == name
+    assert commands["support"].properties["name"] == name
+    assert commands["crm"].properties["firstname"] == (first.strip() if first else None)
+    assert "name" not in commands["crm"].properties  # HubSpot keeps the two fields
+
+
+def test_clearing_the_last_name_rewrites_the_joined_name() -> None:
+    commands = by_target(update(last_name=None))
+    assert commands["crm"].properties == {"lastname": None, "crmsync_id": CID}
+    assert commands["billing"].properties == {"name": "Alice", "metadata.crmsync_id": CID}
+    assert commands["support"].properties == {"name": "Alice", "external_id": CID}
+
+
+def test_clearing_both_names_clears_the_joined_name() -> None:
+    commands = by_target(update(first_name=None, last_name=None))
+    assert commands["billing"].properties == {"name": None, "metadata.crmsync_id": CID}
+    assert commands["support"].properties == {"name": None, "external_id": CID}
+
+
+# --- updates ----------------------------------------------------------------------------------
 
 
 def test_applying_the_same_change_again_does_nothing() -> None:
@@ -138,12 +281,16 @@ def test_applying_the_same_change_again_does_nothing() -> None:
     assert again.state == first.state
 
 
-def test_update_of_one_field_sends_only_that_property() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    decision = apply(state, change({**ROW, "first_name": "Alicia"}, offset=2), RULES, NOW)
-    command = only_command(decision)
-    assert command.action == "upsert"
-    assert command.properties == {"firstname": "Alicia", "crmsync_id": CID}
+def test_update_of_one_field_sends_only_the_properties_it_feeds() -> None:
+    decision = update(first_name="Alicia")
+    commands = by_target(decision)
+    assert commands["crm"].properties == {"firstname": "Alicia", "crmsync_id": CID}
+    assert commands["billing"].properties == {"name": "Alicia Smith", "metadata.crmsync_id": CID}
+    assert commands["support"].properties == {"name": "Alicia Smith", "external_id": CID}
+    for command in commands.values():
+        assert command.action == "upsert"
+        assert command.full is False
+        assert command.lane == "update"
     assert decision.change is not None
     assert decision.change.op == "updated"
     assert decision.change.changed == {"first_name": {"before": "Alice", "after": "Alicia"}}
@@ -151,40 +298,117 @@ def test_update_of_one_field_sends_only_that_property() -> None:
     assert decision.state.golden.first_name == "Alicia"
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "targets"),
+    [
+        ("birth_date", "1985-06-15", {"crm"}),
+        ("company_name", "Initech", {"crm"}),
+        ("lifecycle_stage", "customer", {"crm"}),
+        ("owner_email", "bob@example.com", {"crm"}),
+        ("street", "Hauptstr. 1", {"crm", "billing"}),
+        ("postal_code", "10115", {"crm", "billing"}),
+        ("timezone", "America/New_York", {"crm", "support"}),
+        ("status", "suspended", {"crm", "support"}),
+        ("email", "alice@example.org", TARGETS),
+        ("plan_tier", "enterprise", TARGETS),
+    ],
+)
+def test_a_change_reaches_only_the_targets_its_field_flows_to(
+    field: str, value: Any, targets: set[str]
+) -> None:
+    assert set(by_target(update(**{field: value}))) == targets
+
+
+def test_a_crm_only_field_change_sends_one_crm_update() -> None:
+    command = only_command(update(birth_date="1985-06-15"))
+    assert command.properties == {"date_of_birth": "1985-06-15", "crmsync_id": CID}
+    assert command.full is False
+    assert command.lane == "update"
+
+
 def test_update_of_an_enum_sends_the_mapped_value() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    decision = apply(state, change({**ROW, "lifecycle_stage": "customer"}, offset=2), RULES, NOW)
-    assert only_command(decision).properties == {"lifecyclestage": "customer", "crmsync_id": CID}
+    command = only_command(update(lifecycle_stage="customer"))
+    assert command.properties == {"lifecyclestage": "customer", "crmsync_id": CID}
 
 
-def test_clearing_a_field_sends_an_empty_string() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    decision = apply(state, change({**ROW, "city": None}, offset=2), RULES, NOW)
-    assert only_command(decision).properties == {"city": "", "crmsync_id": CID}
+def test_clearing_a_field_sends_none_to_every_target_that_has_it() -> None:
+    commands = by_target(update(city=None))
+    assert commands["crm"].properties == {"city": None, "crmsync_id": CID}
+    assert commands["billing"].properties == {"address.city": None, "metadata.crmsync_id": CID}
+    assert set(commands) == {"crm", "billing"}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "prop"),
+    [
+        ("consent_email", False, "crmsync_consent_email"),
+        ("consent_sms", True, "crmsync_consent_sms"),
+        ("do_not_contact", True, "crmsync_do_not_contact"),
+    ],
+)
+def test_consent_change_goes_in_the_consent_lane_to_the_crm_only(
+    field: str, value: bool, prop: str
+) -> None:
+    command = only_command(update(**{field: value}))
+    assert command.lane == "consent"
+    assert command.full is False
+    assert command.properties == {prop: value, "crmsync_id": CID}
+
+
+def test_consent_change_with_other_edits_puts_only_the_crm_command_in_the_consent_lane() -> None:
+    commands = by_target(update(do_not_contact=True, email="alice@example.org"))
+    assert commands["crm"].lane == "consent"
+    assert commands["crm"].properties == {
+        "crmsync_do_not_contact": True,
+        "email": "alice@example.org",
+        "crmsync_id": CID,
+    }
+    assert commands["billing"].lane == "update"
+    assert commands["support"].lane == "update"
+
+
+def test_ordinary_update_goes_in_the_update_lane() -> None:
+    commands = by_target(update(email="alice@example.org", city="Hamburg"))
+    assert {t: c.lane for t, c in commands.items()} == {t: "update" for t in TARGETS}
+    assert commands["crm"].properties == {
+        "email": "alice@example.org",
+        "city": "Hamburg",
+        "crmsync_id": CID,
+    }
+
+
+def test_first_command_is_full_and_a_later_one_carries_only_the_delta() -> None:
+    first = by_target(apply(None, CREATED, RULES, NOW))["crm"]
+    assert first.full is True
+    assert first.properties == desired(CREATED.record, "crm")  # type: ignore[arg-type]
+    assert first.properties["crmsync_owner_email"] is None  # unset values are included
+    later = by_target(update(city="Hamburg"))["crm"]
+    assert later.full is False
+    assert later.properties == {"city": "Hamburg", "crmsync_id": CID}
 
 
 def test_update_touching_only_updated_at_does_nothing() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    later = change({**ROW, "updated_at": "2024-06-01T00:00:00Z"}, offset=2)
-    decision = apply(state, later, RULES, NOW)
+    decision = update(updated_at="2024-06-01T00:00:00Z")
     assert decision.commands == []
     assert decision.change is None
 
 
 def test_whitespace_only_edit_does_nothing() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    decision = apply(state, change({**ROW, "first_name": "  Alice "}, offset=2), RULES, NOW)
+    decision = update(first_name="  Alice ")
     assert decision.commands == []
     assert decision.change is None
 
 
-def test_soft_delete_archives_and_is_published_as_deleted() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    decision = apply(state, change({**ROW, "deleted_at": DELETED_AT}, offset=2), RULES, NOW)
-    command = only_command(decision)
-    assert command.action == "archive"
-    assert command.target == "crm"
-    assert command.properties == {"crmsync_id": CID}
+# --- deletes and restores ---------------------------------------------------------------------
+
+
+def test_soft_delete_archives_on_every_target_and_is_published_as_deleted() -> None:
+    decision = update(deleted_at=DELETED_AT)
+    commands = by_target(decision)
+    assert set(commands) == TARGETS
+    for target, command in commands.items():
+        assert command.action == "archive"
+        assert command.properties == {ID_PROPERTY[target]: CID}
     assert decision.change is not None
     assert decision.change.op == "deleted"
     assert decision.change.changed == {"deleted_at": {"before": None, "after": DELETED_AT}}
@@ -199,32 +423,39 @@ def test_hard_delete_after_soft_delete_sends_nothing() -> None:
     assert decision.state.deleted is True
 
 
-def test_hard_delete_of_a_known_customer_archives() -> None:
-    state = apply(None, CREATED, RULES, NOW).state
-    decision = apply(state, change(None, op="d", offset=2), RULES, NOW)
-    assert only_command(decision).action == "archive"
+def test_hard_delete_of_a_known_customer_archives_on_every_target() -> None:
+    decision = apply(CREATED_STATE, change(None, op="d", offset=2), RULES, NOW)
+    commands = by_target(decision)
+    assert set(commands) == TARGETS
+    assert {c.action for c in commands.values()} == {"archive"}
     assert decision.change is not None
     assert decision.change.op == "deleted"
     assert decision.state.golden == CREATED.record  # the last known record is kept
 
 
-def test_hard_delete_of_an_unknown_customer_still_archives() -> None:
+def test_hard_delete_of_an_unknown_customer_still_archives_on_every_target() -> None:
     decision = apply(None, change(None, op="d", offset=7), RULES, NOW)
-    command = only_command(decision)
-    assert command.action == "archive"
-    assert command.properties == {"crmsync_id": CID}
+    commands = by_target(decision)
+    assert set(commands) == TARGETS
+    for target, command in commands.items():
+        assert command.action == "archive"
+        assert command.properties == {ID_PROPERTY[target]: CID}
     assert decision.change is not None
     assert decision.change.op == "deleted"
     assert decision.state.deleted is True
 
 
-def test_restore_after_archive_sends_the_full_property_set() -> None:
+def test_restore_after_archive_is_a_full_create_again() -> None:
     soft = run(None, CREATED, change({**ROW, "deleted_at": DELETED_AT}, offset=2))
     decision = apply(soft.state, change(ROW, offset=3), RULES, NOW)
-    command = only_command(decision)
-    assert command.action == "upsert"
-    assert set(command.properties) == CRM_PROPERTIES
-    assert command.properties == only_command(apply(None, CREATED, RULES, NOW)).properties
+    commands = by_target(decision)
+    created = by_target(apply(None, CREATED, RULES, NOW))
+    assert set(commands) == TARGETS
+    for target, command in commands.items():
+        assert command.action == "upsert"
+        assert command.full is True
+        assert command.lane == "create"
+        assert command.properties == created[target].properties
     assert decision.change is not None
     assert decision.change.op == "restored"
     assert decision.change.changed == {"deleted_at": {"before": DELETED_AT, "after": None}}
@@ -234,17 +465,38 @@ def test_restore_after_archive_sends_the_full_property_set() -> None:
 def test_restore_after_hard_delete_sends_the_full_property_set() -> None:
     deleted = run(None, CREATED, change(None, op="d", offset=2))
     decision = apply(deleted.state, change({**ROW, "first_name": "Al"}, offset=3), RULES, NOW)
-    command = only_command(decision)
-    assert set(command.properties) == CRM_PROPERTIES
-    assert command.properties["firstname"] == "Al"
+    commands = by_target(decision)
+    assert set(commands["crm"].properties) == CRM_PROPERTIES
+    assert commands["crm"].properties["firstname"] == "Al"
+    assert commands["billing"].properties["name"] == "Al Smith"
+    assert all(c.full and c.lane == "create" for c in commands.values())
     assert decision.change is not None
     assert decision.change.op == "restored"
 
 
+def test_consent_change_while_restoring_is_a_create_not_a_consent_update() -> None:
+    soft = run(None, CREATED, change({**ROW, "deleted_at": DELETED_AT}, offset=2))
+    decision = apply(soft.state, change({**ROW, "do_not_contact": True}, offset=3), RULES, NOW)
+    crm = by_target(decision)["crm"]
+    assert crm.lane == "create"
+    assert crm.full is True
+    assert crm.properties["crmsync_do_not_contact"] is True
+
+
+# --- keys and hashes --------------------------------------------------------------------------
+
+
 def test_idempotency_key_is_stable_for_one_source_event() -> None:
-    first = only_command(apply(None, CREATED, RULES, NOW))
-    again = only_command(apply(None, change(ROW, op="c", offset=1), RULES, "later"))
-    assert first.idempotency_key == again.idempotency_key
+    first = by_target(apply(None, CREATED, RULES, NOW))
+    again = by_target(apply(None, change(ROW, op="c", offset=1), RULES, "later"))
+    assert {t: c.idempotency_key for t, c in first.items()} == {
+        t: c.idempotency_key for t, c in again.items()
+    }
+
+
+def test_idempotency_key_differs_per_target() -> None:
+    keys = {c.idempotency_key for c in apply(None, CREATED, RULES, NOW).commands}
+    assert len(keys) == len(TARGETS)
 
 
 @pytest.mark.parametrize(
@@ -257,31 +509,39 @@ def test_idempotency_key_is_stable_for_one_source_event() -> None:
     ],
 )
 def test_idempotency_key_differs_per_source_position(other: CustomerChange) -> None:
-    first = only_command(apply(None, CREATED, RULES, NOW))
-    assert only_command(apply(None, other, RULES, NOW)).idempotency_key != first.idempotency_key
+    first = by_target(apply(None, CREATED, RULES, NOW))
+    for target, command in by_target(apply(None, other, RULES, NOW)).items():
+        assert command.idempotency_key != first[target].idempotency_key
 
 
 def test_idempotency_key_differs_per_customer() -> None:
-    first = only_command(apply(None, CREATED, RULES, NOW))
-    other = only_command(apply(None, change(ROW, op="c", customer_id="other-id"), RULES, NOW))
-    assert other.idempotency_key != first.idempotency_key
+    first = by_target(apply(None, CREATED, RULES, NOW))
+    other = by_target(apply(None, change(ROW, op="c", customer_id="other-id"), RULES, NOW))
+    for target, command in other.items():
+        assert command.idempotency_key != first[target].idempotency_key
 
 
 def test_desired_hash_depends_only_on_the_desired_properties() -> None:
-    base = only_command(apply(None, CREATED, RULES, NOW))
+    base = by_target(apply(None, CREATED, RULES, NOW))
     # Same mapped properties, different unmapped timestamp and source position.
     same = change({**ROW, "updated_at": "2030-01-01T00:00:00Z"}, op="r", offset=99)
-    assert only_command(apply(None, same, RULES, NOW)).desired_hash == base.desired_hash
-    different = change({**ROW, "first_name": "Bob"}, op="c", offset=1)
-    assert only_command(apply(None, different, RULES, NOW)).desired_hash != base.desired_hash
+    for target, command in by_target(apply(None, same, RULES, NOW)).items():
+        assert command.desired_hash == base[target].desired_hash
+    # A CRM-only field changes the CRM's desired state, not billing's or support's.
+    other = by_target(apply(None, change({**ROW, "birth_date": "1985-06-15"}), RULES, NOW))
+    assert other["crm"].desired_hash != base["crm"].desired_hash
+    assert other["billing"].desired_hash == base["billing"].desired_hash
+    assert other["support"].desired_hash == base["support"].desired_hash
 
 
 def test_delta_and_full_upsert_agree_on_the_desired_hash() -> None:
     updated = {**ROW, "first_name": "Alicia"}
-    delta = only_command(run(None, CREATED, change(updated, offset=2)))
-    full = only_command(apply(None, change(updated, offset=2), RULES, NOW))
-    assert delta.properties != full.properties
-    assert delta.desired_hash == full.desired_hash
+    delta = by_target(run(None, CREATED, change(updated, offset=2)))
+    full = by_target(apply(None, change(updated, offset=2), RULES, NOW))
+    assert set(delta) == set(full) == TARGETS
+    for target in TARGETS:
+        assert delta[target].properties != full[target].properties
+        assert delta[target].desired_hash == full[target].desired_hash
 
 
 def test_event_id_is_stable_per_source_event() -> None:
@@ -299,10 +559,14 @@ _EDITS = st.fixed_dictionaries(
     {
         "email": st.sampled_from(["alice@example.com", "a.smith@example.org", None]),
         "first_name": st.sampled_from(["Alice", "Alicia", " Alice ", None]),
+        "last_name": st.sampled_from(["Smith", "Jones", None]),
         "city": st.sampled_from(["Berlin", "Hamburg", None]),
+        "birth_date": st.sampled_from(["1990-01-01", "1985-06-15", None]),
+        "timezone": st.sampled_from(["Europe/Berlin", "America/New_York", None]),
         "lifecycle_stage": st.sampled_from(["lead", "trial", "customer", "churned", None]),
         "plan_tier": st.sampled_from(["free", "pro", "enterprise"]),
         "consent_email": st.booleans(),
+        "do_not_contact": st.booleans(),
         "updated_at": st.sampled_from(["2024-01-01T00:00:00Z", "2024-02-01T00:00:00Z"]),
         "deleted_at": st.sampled_from([None, None, DELETED_AT]),
     }
@@ -319,26 +583,33 @@ def _changes(steps: list[tuple[str, dict[str, Any] | None]]) -> list[CustomerCha
     return [change(fields, op=op, offset=i + 1) for i, (op, fields) in enumerate(steps)]
 
 
-class FakeCrm:
-    """What the CRM would hold after receiving the commands in order."""
+class FakeTargets:
+    """What each target would hold after receiving the commands in order. With `replace`, a
+    full command replaces the record (a vendor client may PUT it); else every upsert merges."""
 
-    def __init__(self) -> None:
-        self.contacts: dict[str, dict[str, Any]] = {}
+    def __init__(self, replace: bool = False) -> None:
+        self.replace = replace
+        self.records: dict[str, dict[str, dict[str, Any]]] = {t: {} for t in TARGETS}
 
     def send(self, commands: list[Command]) -> None:
         for command in commands:
+            records = self.records[command.target]
             if command.action == "archive":
-                self.contacts.pop(command.customer_id, None)
+                records.pop(command.customer_id, None)
+            elif command.full and self.replace:
+                records[command.customer_id] = dict(command.properties)
             else:
-                self.contacts.setdefault(command.customer_id, {}).update(command.properties)
+                records.setdefault(command.customer_id, {}).update(command.properties)
 
 
-def _fold(changes: list[CustomerChange], crm: FakeCrm | None = None) -> CustomerState | None:
+def _fold(
+    changes: list[CustomerChange], targets: FakeTargets | None = None
+) -> CustomerState | None:
     state: CustomerState | None = None
     for one in changes:
         decision = apply(state, one, RULES, NOW)
-        if crm is not None:
-            crm.send(decision.commands)
+        if targets is not None:
+            targets.send(decision.commands)
         state = decision.state
     return state
 
@@ -364,14 +635,44 @@ def test_final_golden_is_the_last_record_seen(steps: list[tuple[str, Any]]) -> N
     assert state.deleted == (last is None or last.deleted_at is not None)
 
 
-@given(_STEPS)
-def test_crm_converges_on_the_final_golden_record(steps: list[tuple[str, Any]]) -> None:
-    crm = FakeCrm()
-    state = _fold(_changes(steps), crm)
+@given(_STEPS, st.booleans())
+def test_every_target_converges_on_the_final_golden_record(
+    steps: list[tuple[str, Any]], replace: bool
+) -> None:
+    targets = FakeTargets(replace)
+    state = _fold(_changes(steps), targets)
     assert state is not None
-    if state.deleted:
-        assert CID not in crm.contacts
-    else:
-        assert state.golden is not None
-        expected = RULES.mappings["crm"].properties(state.golden, RULES.synced_fields("crm"))
-        assert crm.contacts[CID] == expected
+    for target, records in targets.records.items():
+        if state.deleted:
+            assert CID not in records, target
+        else:
+            assert state.golden is not None
+            assert records[CID] == desired(state.golden, target), target
+
+
+@given(_STEPS)
+def test_lanes_and_full_follow_what_the_target_holds(steps: list[tuple[str, Any]]) -> None:
+    """A target without the customer gets everything in the create lane; one that has it gets
+    only what differs, in the consent lane when consent or do-not-contact is among it."""
+    targets = FakeTargets()
+    state: CustomerState | None = None
+    for one in _changes(steps):
+        decision = apply(state, one, RULES, NOW)
+        for command in decision.commands:
+            if command.action == "archive":
+                continue
+            assert one.record is not None
+            held = targets.records[command.target].get(CID)
+            if held is None:
+                assert command.full is True
+                assert command.lane == "create"
+                assert command.properties == desired(one.record, command.target)
+            else:
+                assert command.full is False
+                changed = {k for k, v in command.properties.items() if held.get(k) != v}
+                assert changed == set(command.properties) - {command.id_property}
+                assert changed, "an upsert that changes nothing is not sent"
+                consent = changed & CONSENT_PROPERTIES[command.target]
+                assert command.lane == ("consent" if consent else "update")
+        targets.send(decision.commands)
+        state = decision.state
