@@ -32,7 +32,7 @@ __all__ = ["app"]
 log = logging.getLogger("crmsync.streams")
 
 settings = load_settings()
-rules = load_rules(settings.ownership_file, settings.mapping_file)
+rules = load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
 topics = Topics(settings.topic_prefix)
 
 app = faust.App(
