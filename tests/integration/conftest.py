@@ -165,15 +165,20 @@ class RunningStack:
             consumer.close()
 
 
-def stack_settings(state_dir: Path, emulator: Emulator, **overrides: Any) -> Settings:
+def stack_settings(state_dir: Path, emulator: Emulator | None, **overrides: Any) -> Settings:
+    """Settings for a stack on free ports. With `emulator`, the CRM is that HubSpot emulator
+    and the adapter may send 1,000 requests/s; without, the stack runs every emulator itself
+    with the vendors' real default quotas."""
+    crm: dict[str, Any] = {"emulator_port": free_port()}
+    if emulator is not None:
+        crm = {"crm_base_url": emulator.url, "crm_requests_per_window": 1000,
+               "crm_window_seconds": 1.0}  # fmt: skip
     values: dict[str, Any] = {
         "state_dir": state_dir,
         "pg_port": free_port(),
         "broker_port": free_port(),
         "partitions": 2,
-        "crm_base_url": emulator.url,
-        "crm_requests_per_window": 1000,
-        "crm_window_seconds": 1.0,
+        **crm,
         "billing_emulator_port": free_port(),
         "support_emulator_port": free_port(),
         "capture_metrics_port": free_port(),
@@ -189,7 +194,7 @@ def stack_settings(state_dir: Path, emulator: Emulator, **overrides: Any) -> Set
 def start_stack(tmp_path: Path) -> Iterator[Callable[..., RunningStack]]:
     stacks: list[Stack] = []
 
-    def start(emulator: Emulator, **overrides: Any) -> RunningStack:
+    def start(emulator: Emulator | None = None, **overrides: Any) -> RunningStack:
         settings = stack_settings(tmp_path / "state", emulator, **overrides)
         stack = Stack(settings)
         stacks.append(stack)

@@ -1,0 +1,196 @@
+"""Stripe customers over HTTP: the one place where billing commands become Stripe requests.
+
+Stripe has no batch API, so every item is one request. A customer is found by the Stripe id
+crmsync recorded for it; the canonical id also rides in ``metadata[crmsync_id]`` so a customer
+whose link was lost can be found again by search. Creates carry an idempotency key derived
+from the canonical id alone, so a create replayed after a crash (the request succeeded, the
+link was never recorded) returns the same Stripe customer instead of making a second one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from adapters.target import Archive, Outcome, Quota, Upsert
+from crmsync.errors import PermanentError, RateLimited, TransientError
+
+__all__ = ["StripeClient", "encode_properties"]
+
+#: Pinned so a change of the account's default API version cannot change what we parse.
+STRIPE_VERSION = "2026-10-28.endive"
+ID_METADATA_KEY = "crmsync_id"
+_CUSTOMERS = "/v1/customers"
+
+
+def encode_properties(properties: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Dotted property names as Stripe's bracket form fields: ``address.city`` becomes
+    ``address[city]``, ``metadata.plan.tier`` becomes ``metadata[plan.tier]`` (metadata keys
+    may hold dots); None becomes "" (Stripe's "unset")."""
+    fields = []
+    for name, value in sorted(properties.items()):
+        head, _, rest = name.partition(".")
+        parts = [rest] if head == "metadata" else rest.split(".") if rest else []
+        fields.append((head + "".join(f"[{part}]" for part in parts), _form_value(value)))
+    return fields
+
+
+def _form_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _search_literal(value: str) -> str:
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
+
+
+def _error_of(response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        return {}
+    error = body.get("error") if isinstance(body, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class RecordRefused(Exception):
+    """Stripe refused this record's values (a 400 naming a `param`): the item's Outcome."""
+
+    def __init__(self, body: str) -> None:
+        super().__init__(body)
+        self.body = body
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Translate a Stripe error response into the error tree (crmsync.errors).
+
+    `Stripe-Should-Retry` overrides the status: Stripe sends ``true`` when a retry can succeed
+    (lock timeouts, its own failures) and ``false`` when it cannot (a retry with the same
+    idempotency key would replay the same answer).
+    """
+    status = response.status_code
+    if status < 400:
+        return
+    if status == 429:
+        raise RateLimited(_retry_after(response), response.text)
+    advice = response.headers.get("Stripe-Should-Retry")
+    if advice == "true" or (advice is None and (status >= 500 or status == 409)):
+        raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
+    error = _error_of(response)
+    if status == 400 and error.get("param") and error.get("type") == "invalid_request_error":
+        raise RecordRefused(response.text)
+    raise PermanentError(status, response.text)
+
+
+class StripeClient:
+    """`adapters.target.TargetClient` for Stripe customers."""
+
+    vendor = "stripe"
+    max_batch = 1
+
+    def __init__(self, base_url: str, api_key: str, timeout: float = 10.0) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url,
+            headers={"Authorization": f"Bearer {api_key}", "Stripe-Version": STRIPE_VERSION},
+            timeout=timeout,
+        )
+
+    def __repr__(self) -> str:  # never show the key
+        return f"StripeClient({self._http.base_url})"
+
+    async def upsert(self, items: list[Upsert]) -> list[Outcome]:
+        return [await self._upsert(item) for item in items]
+
+    async def archive(self, items: list[Archive]) -> list[Outcome]:
+        outcomes = []
+        for item in items:
+            response = await self._request("DELETE", f"{_CUSTOMERS}/{item.external_id}")
+            if not _is_missing(response):  # already deleted (or never there): done
+                raise_for_status(response)
+            outcomes.append(Outcome(item.customer_id, item.external_id))
+        return outcomes
+
+    def quotas(self) -> list[Quota]:
+        return []  # Stripe reports no quota headers
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _upsert(self, item: Upsert) -> Outcome:
+        fields = encode_properties(item.properties)
+        try:
+            if item.external_id is None:
+                return await self._create(item, fields)
+            path = f"{_CUSTOMERS}/{item.external_id}"
+            response = await self._request("POST", path, fields, item.idempotency_key)
+            if _is_missing(response):  # deleted in Stripe: give the customer a new one
+                return await self._create(item, fields, replacing=item.external_id)
+            raise_for_status(response)
+            return Outcome(item.customer_id, response.json()["id"])
+        except RecordRefused as refused:
+            return Outcome(item.customer_id, item.external_id, error=refused.body)
+
+    async def _create(
+        self, item: Upsert, fields: list[tuple[str, str]], replacing: str | None = None
+    ) -> Outcome:
+        # Stable per customer (and per deleted predecessor), never per attempt: a create that
+        # succeeded but whose link was lost replays into the same Stripe customer.
+        key = f"crmsync-create-{item.customer_id}"
+        if replacing is not None:
+            key += f"-after-{replacing}"
+        response = await self._request("POST", _CUSTOMERS, fields, key)
+        if response.status_code == 400 and _error_of(response).get("type") == "idempotency_error":
+            # The first attempt sent other values (changes were coalesced since): that
+            # customer exists, so update it rather than create a second one.
+            existing = await self._find(item.customer_id)
+            path = f"{_CUSTOMERS}/{existing}"
+            response = await self._request("POST", path, fields, item.idempotency_key)
+        raise_for_status(response)
+        return Outcome(item.customer_id, response.json()["id"])
+
+    async def _find(self, customer_id: str) -> str:
+        """The Stripe id of the live customer carrying `customer_id` in its metadata."""
+        query = f"metadata[{_search_literal(ID_METADATA_KEY)}]:{_search_literal(customer_id)}"
+        response = await self._request("GET", f"{_CUSTOMERS}/search", [("query", query)])
+        raise_for_status(response)
+        found = response.json()["data"]
+        if not found:
+            # Search trails writes (Stripe: "under a minute"); the customer exists, because
+            # its idempotency key does. Retry later rather than create a duplicate.
+            raise TransientError(f"customer {customer_id} is not searchable in Stripe yet")
+        return str(found[-1]["id"])  # the oldest, should a duplicate ever exist
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        fields: list[tuple[str, str]] | None = None,
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        try:
+            if method == "POST":
+                return await self._http.post(path, data=dict(fields or []), headers=headers)
+            return await self._http.request(method, path, params=fields, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timeout: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection failed: {exc!r}") from exc
+
+
+def _is_missing(response: httpx.Response) -> bool:
+    return response.status_code == 404 and _error_of(response).get("code") == "resource_missing"
