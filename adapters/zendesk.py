@@ -1,0 +1,217 @@
+"""Zendesk Support users over HTTP: the one place where support commands become requests.
+
+Upserts go through ``users/create_or_update_many`` (up to 100 users a request; Zendesk matches
+each by ``external_id``, the canonical customer id, else by email) and archives through
+``users/destroy_many`` (a soft delete). Both answer a queued job status and do the work in the
+background, so the client polls ``job_statuses/{id}`` with a doubling delay until the job has
+completed, then reads one result per user. Polls count against the same per-minute quota as
+every other request, hence the sparing delays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from adapters.target import Archive, Outcome, Quota, Upsert
+from crmsync.errors import PermanentError, RateLimited, TransientError
+
+__all__ = ["ZendeskClient"]
+
+BATCH_LIMIT = 100  # Zendesk's maximum users per create_or_update_many / destroy_many
+WINDOW_SECONDS = 60.0  # Zendesk counts requests per minute
+_USERS = "/api/v2/users"
+_RUNNING = ("queued", "working")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def raise_for_status(response: httpx.Response) -> None:
+    """Translate an error response into the error tree (see crmsync.errors)."""
+    status = response.status_code
+    if status < 400:
+        return
+    if status == 429:
+        raise RateLimited(_retry_after(response), response.text)
+    if status >= 500:
+        raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
+    raise PermanentError(status, response.text)
+
+
+def user_body(properties: Mapping[str, Any]) -> dict[str, Any]:
+    """A Zendesk user from target property names; ``user_fields.<key>`` nests, None is null."""
+    user: dict[str, Any] = {}
+    for name, value in properties.items():
+        head, dot, key = name.partition(".")
+        if dot:
+            user.setdefault(head, {})[key] = value
+        else:
+            user[name] = value
+    user["skip_verify_email"] = True  # never mail the customer on our account's behalf
+    return user
+
+
+def _result_at(results: Sequence[Mapping[str, Any]], index: int) -> Mapping[str, Any] | None:
+    """The job result for the `index`-th user: by its `index`, else by position (Zendesk keeps
+    results in request order)."""
+    for result in results:
+        if result.get("index") == index:
+            return result
+    if index < len(results) and "index" not in results[index]:
+        return results[index]
+    return None
+
+
+def _succeeded(result: Mapping[str, Any]) -> bool:
+    return bool(result.get("success")) or result.get("status") in ("Created", "Updated", "Deleted")
+
+
+def _error_text(result: Mapping[str, Any]) -> str:
+    return orjson.dumps(dict(result)).decode()
+
+
+class ZendeskClient:
+    """TargetClient for Zendesk Support (adapters.target)."""
+
+    vendor = "zendesk"
+    max_batch = BATCH_LIMIT
+
+    def __init__(
+        self,
+        base_url: str,
+        email: str,
+        token: str,
+        timeout: float = 10.0,
+        *,
+        poll_interval: float = 0.25,
+        poll_max_interval: float = 2.0,
+        job_timeout: float = 120.0,
+    ) -> None:
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            auth=httpx.BasicAuth(f"{email}/token", token),
+            headers={"Accept": "application/json"},
+            timeout=timeout,
+        )
+        self._poll_interval = poll_interval
+        self._poll_max_interval = poll_max_interval
+        self._job_timeout = job_timeout
+        self._quotas: list[Quota] = []
+
+    def __repr__(self) -> str:  # never show the credentials
+        return f"ZendeskClient({self._http.base_url})"
+
+    async def upsert(self, items: list[Upsert]) -> list[Outcome]:
+        if not items:
+            return []
+        users = [user_body(item.properties) for item in items]
+        job = await self._run_job("POST", f"{_USERS}/create_or_update_many.json", {"users": users})
+        results = job.get("results") or []
+        outcomes = []
+        for index, item in enumerate(items):
+            result = _result_at(results, index)
+            if result is None:
+                error = f"Zendesk job {job['id']} has no result for this user"
+                outcomes.append(Outcome(item.customer_id, error=error))
+            elif _succeeded(result):
+                outcomes.append(Outcome(item.customer_id, external_id=str(result["id"])))
+            else:
+                outcomes.append(Outcome(item.customer_id, error=_error_text(result)))
+        return outcomes
+
+    async def archive(self, items: list[Archive]) -> list[Outcome]:
+        """Soft-delete the users; a user Zendesk no longer has (RecordNotFound) counts as done."""
+        outcomes = [
+            Outcome(item.customer_id, error=f"not a Zendesk user id: {item.external_id!r}")
+            for item in items
+            if not item.external_id.isdigit()
+        ]
+        ids = [item for item in items if item.external_id.isdigit()]
+        if not ids:
+            return outcomes
+        path = f"{_USERS}/destroy_many.json?ids={','.join(item.external_id for item in ids)}"
+        job = await self._run_job("DELETE", path)
+        by_id = {str(result.get("id")): result for result in job.get("results") or []}
+        for item in ids:
+            result = by_id.get(item.external_id)
+            if result is None:
+                error = f"Zendesk job {job['id']} has no result for user {item.external_id}"
+                outcomes.append(Outcome(item.customer_id, error=error))
+            elif _succeeded(result) or result.get("error") == "RecordNotFound":
+                outcomes.append(Outcome(item.customer_id, external_id=item.external_id))
+            else:
+                outcomes.append(Outcome(item.customer_id, error=_error_text(result)))
+        return outcomes
+
+    def quotas(self) -> list[Quota]:
+        return list(self._quotas)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _run_job(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Start a background job and wait for it; a job that fails or outlives `job_timeout`
+        is a TransientError (every job we start is safe to run again)."""
+        response = await self._request(method, path, body)
+        job: dict[str, Any] = response.json()["job_status"]
+        deadline = time.monotonic() + self._job_timeout
+        delay = self._poll_interval
+        while job["status"] in _RUNNING:
+            if time.monotonic() + delay > deadline:
+                raise TransientError(f"Zendesk job {job['id']} still {job['status']}")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self._poll_max_interval)
+            job = await self._poll(job["id"])
+        if job["status"] != "completed":
+            raise TransientError(f"Zendesk job {job['id']} {job['status']}: {job.get('message')}")
+        return job
+
+    async def _poll(self, job_id: str) -> dict[str, Any]:
+        try:
+            response = await self._request("GET", f"/api/v2/job_statuses/{job_id}.json")
+        except PermanentError as error:
+            if error.status != 404:
+                raise
+            # The job status expired or the account was reset: running the job again is safe.
+            raise TransientError(f"Zendesk job {job_id} vanished", 404) from error
+        job: dict[str, Any] = response.json()["job_status"]
+        return job
+
+    async def _request(
+        self, method: str, path: str, body: dict[str, Any] | None = None
+    ) -> httpx.Response:
+        content = None if body is None else orjson.dumps(body)
+        headers = None if body is None else {"Content-Type": "application/json"}
+        try:
+            response = await self._http.request(method, path, content=content, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise TransientError(f"timeout: {exc!r}") from exc
+        except httpx.TransportError as exc:
+            raise TransientError(f"connection failed: {exc!r}") from exc
+        self._observe_quota(response)
+        raise_for_status(response)
+        return response
+
+    def _observe_quota(self, response: httpx.Response) -> None:
+        headers = response.headers
+        try:
+            limit = int(headers["X-Rate-Limit"])
+            remaining = int(headers["X-Rate-Limit-Remaining"])
+        except (KeyError, ValueError):
+            return
+        reset = headers.get("ratelimit-reset")
+        reset_after = float(reset) if reset is not None and reset.isdigit() else None
+        self._quotas = [Quota(limit, remaining, WINDOW_SECONDS, reset_after)]
