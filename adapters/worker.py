@@ -113,6 +113,7 @@ class TargetAdapter:
         self.policy = policy
         self.breaker = breaker or CircuitBreaker()
         self._slots = asyncio.Semaphore(concurrency)
+        self._db = asyncio.Lock()  # concurrent requests share one connection: one writer at a time
         self.dead_letters: list[DeadLetter] = []  # this process's, newest last (for tests/logs)
         for window in throttle.windows:
             QUOTA_LIMIT.labels(target, _window_name(window.nominal_window)).set(window.limit)
@@ -251,7 +252,7 @@ class TargetAdapter:
 
     async def record(self, writes: list[Write], outcomes: list[Outcome]) -> None:
         by_customer = {w.customer_id: w for w in writes}
-        delivered = []
+        delivered: list[tuple[str, str, str, str]] = []
         for outcome in outcomes:
             write = by_customer.pop(outcome.customer_id, None)
             if write is None:
@@ -263,17 +264,21 @@ class TargetAdapter:
                                   write.desired_hash))  # fmt: skip
         for write in by_customer.values():
             await self.dead_letter_write(write, "the target returned no result for it", 1)
-        try:
-            async with self.conn.transaction(), self.conn.cursor() as cursor:
-                await cursor.executemany(_LINK_UPSERT_SQL, delivered)
-        except psycopg.errors.UniqueViolation:
-            for row in delivered:  # one external record claimed by two customers: find it
-                try:
-                    await self.conn.execute(_LINK_UPSERT_SQL, row)
-                except psycopg.errors.UniqueViolation:
-                    write = next(w for w in writes if w.customer_id == row[2])
-                    error = f"{self.target} record {row[1]} is already linked to another customer"
-                    await self.dead_letter_write(write, error, 1)
+        claimed = []
+        async with self._db:
+            try:
+                async with self.conn.transaction(), self.conn.cursor() as cursor:
+                    await cursor.executemany(_LINK_UPSERT_SQL, delivered)
+            except psycopg.errors.UniqueViolation:
+                for row in delivered:  # one external record claimed by two customers: find it
+                    try:
+                        await self.conn.execute(_LINK_UPSERT_SQL, row)
+                    except psycopg.errors.UniqueViolation:
+                        claimed.append(row)
+        for _, external_id, customer_id, _ in claimed:
+            write = next(w for w in writes if w.customer_id == customer_id)
+            error = f"{self.target} record {external_id} is already linked to another customer"
+            await self.dead_letter_write(write, error, 1)
         DELIVERED.labels(self.target, "upsert").inc(len(delivered))
 
     async def archive(self, writes: list[tuple[Write, Link]]) -> None:
@@ -289,7 +294,7 @@ class TargetAdapter:
             if write.customer_id in failed:
                 await self.dead_letter_write(write, failed[write.customer_id] or "", 1)
         done = [w for w, _ in writes if w.customer_id not in failed]
-        async with self.conn.cursor() as cursor:
+        async with self._db, self.conn.cursor() as cursor:
             await cursor.executemany(
                 _LINK_ARCHIVED_SQL, [(ARCHIVED_HASH, self.target, w.customer_id) for w in done]
             )
@@ -309,7 +314,8 @@ class TargetAdapter:
             attempts=attempts,
         )  # fmt: skip
         log.warning("%s: dead-lettered command for %s: %s", self.target, key, error[:300])
-        await insert_dead_letter(self.conn, letter)
+        async with self._db:
+            await insert_dead_letter(self.conn, letter)
         self.dead_letters.append(letter)
         DEAD.labels(self.target).inc()
 

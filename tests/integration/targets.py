@@ -17,13 +17,18 @@ SALESFORCE_FIELDS = (
 
 
 def _get(client: httpx.Client, url: str, **params: Any) -> dict[str, Any]:
-    while True:
+    """GET, waiting out 429s and retrying injected 5xx as any careful client would."""
+    for _ in range(50):
         response = client.get(url, params=params or None)
         if response.status_code == 429:
             time.sleep(min(float(response.headers.get("Retry-After", "1")), 5.0))
-            continue
-        response.raise_for_status()
-        return response.json()
+        elif response.status_code >= 500:
+            time.sleep(0.1)
+        else:
+            response.raise_for_status()
+            return response.json()
+    response.raise_for_status()
+    raise AssertionError(f"GET {url} kept answering {response.status_code}")
 
 
 @dataclass

@@ -206,7 +206,7 @@ def test_a_record_the_crm_refuses_is_dead_lettered_and_replayed_after_the_fix(
         api.delete(f"/crm/v3/objects/contacts/{by_hand}").raise_for_status()
     replay = cli(stack, "dlq", "replay", "--target", "crm")
     assert replay.returncode == 0, replay.stdout + replay.stderr
-    assert "replayed 1 dead letters" in replay.stdout
+    assert "replayed 1 dead letters" in replay.stderr  # the console's messages go to stderr
 
     contact = wait_until(lambda: crm.records().get(ada), what="Ada in HubSpot")["properties"]
     assert (contact["email"], contact["lastname"]) == ("ada@example.com", "Lovelace")
@@ -214,6 +214,6 @@ def test_a_record_the_crm_refuses_is_dead_lettered_and_replayed_after_the_fix(
                      (letter_id,)) == [(True,)]  # fmt: skip
     creates = crm.stats()["creates"]
     again = cli(stack, "dlq", "replay", "--target", "crm")
-    assert "replayed 0 dead letters" in again.stdout
+    assert "replayed 0 dead letters" in again.stderr
     assert crm.stats()["creates"] == creates
     assert httpx.get(f"{crm.url}/_emulator/stats").json()["contacts"] == 2
