@@ -37,6 +37,7 @@ class CircuitBreaker:
         self._cooldown = cooldown
         self._reopen_at = 0.0
         self._probing = False
+        self._probe_started = 0.0
 
     async def permit(self) -> None:
         """Wait until a request may be sent."""
@@ -49,8 +50,10 @@ class CircuitBreaker:
                     await asyncio.sleep(self._reopen_at - now)
                     continue
                 self.state = "half_open"
-            if not self._probing:
+            # A probe that never reported back (its caller was cancelled) is replaced.
+            if not self._probing or now - self._probe_started > 2 * self.max_cooldown:
                 self._probing = True
+                self._probe_started = now
                 return  # this caller is the probe
             await asyncio.sleep(min(0.05, self._cooldown))
 

@@ -29,8 +29,9 @@ class Write:
 
     @property
     def idempotency_key(self) -> str:
-        """Stable for the same write across redeliveries and replays."""
-        return fingerprint([self.customer_id, self.action, self.desired_hash])
+        """Stable for the same commands across redeliveries; never shared by two different
+        writes (a customer returning to an earlier state is a new write)."""
+        return fingerprint([self.action, [c.idempotency_key for c in self.commands]])
 
     def absorb(self, command: Command) -> None:
         self.properties.update(command.properties)

@@ -23,7 +23,7 @@ class RetryPolicy:
         """Delay before attempt `attempt + 1` (attempt counts from 1)."""
         if retry_after is not None:
             return min(self.cap, max(0.0, retry_after))
-        ceiling = min(self.cap, self.base * 2 ** (attempt - 1))
+        ceiling = min(self.cap, self.base * 2 ** min(attempt - 1, 64))  # no float overflow
         return self._rng.uniform(ceiling / 2, ceiling)
 
     def exhausted(self, elapsed: float) -> bool:

@@ -323,9 +323,7 @@ class TargetAdapter:
 async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> None:
     topics = Topics(settings.topic_prefix)
     plan = load_plan(settings, target)
-    rules = load_rules(
-        settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor}
-    )
+    rules = load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
     consumer = AIOKafkaConsumer(
         topics.commands(target),
         bootstrap_servers=settings.bootstrap,

@@ -78,7 +78,6 @@ def load_rules(
     missing = sorted(t for t, v in chosen.items() if t not in mappings)
     if missing:
         raise ConfigError(
-            f"{mapping_file}: no mapping for "
-            + ", ".join(f"[{t}.{chosen[t]}]" for t in missing)
+            f"{mapping_file}: no mapping for " + ", ".join(f"[{t}.{chosen[t]}]" for t in missing)
         )
     return SyncRules(ownership, mappings)

@@ -79,12 +79,21 @@ def load_plan(settings: Settings, target: str, path: Path = TARGETS_FILE) -> Tar
     requests = getattr(settings, f"{target}_requests_per_window")
     window = getattr(settings, f"{target}_window_seconds")
     if requests is not None or window is not None:
-        limits = limits.model_copy(
-            update={
-                "requests": requests or limits.requests or 1,
-                "window_seconds": window or limits.window_seconds or 1.0,
-            }
-        )
+        if (requests or limits.requests) is None or (window or limits.window_seconds) is None:
+            raise ConfigError(
+                f"{target}: the {plan} plan has no per-window limit; set both"
+                f" CRMSYNC_{target.upper()}_REQUESTS_PER_WINDOW and _WINDOW_SECONDS"
+            )
+        try:
+            limits = Limits.model_validate(
+                {
+                    **limits.model_dump(),
+                    "requests": requests if requests is not None else limits.requests,
+                    "window_seconds": window if window is not None else limits.window_seconds,
+                }
+            )
+        except ValidationError as exc:
+            raise ConfigError(f"{target}: quota override: {exc}") from exc
     return TargetPlan(
         target=target,
         vendor=vendor_name,
