@@ -1,26 +1,75 @@
-"""HubSpot CRM v3 contacts over HTTP: the one place where CRM commands become requests."""
+"""HubSpot CRM v3 objects over HTTP: the one place where crmsync's writes become HubSpot
+requests (adapters.target.TargetClient for contacts or companies).
+
+Upserts go to ``batch/upsert`` keyed by crmsync's id property, each input tagged with an
+``objectWriteTraceId`` so HubSpot answers per input (a 207 names the inputs it refused) instead
+of failing the whole batch for one bad record. Archives go to ``batch/archive``, which answers
+204 whether or not the records still exist.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import httpx
 import orjson
 
+from adapters.target import Archive, Outcome, Quota, Upsert
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
-__all__ = ["HubSpotClient"]
+__all__ = ["BATCH_LIMIT", "HubSpotClient", "encode_value", "raise_for_status"]
 
 BATCH_LIMIT = 100  # HubSpot's maximum inputs per batch request
-_CONTACTS = "/crm/v3/objects/contacts"
+DAY = 86_400.0
+
+
+def encode_value(value: Any) -> str:
+    """A property value as HubSpot takes it: text, with "" clearing the property."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        moment = value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+        return f"{moment:%Y-%m-%dT%H:%M:%S}.{moment.microsecond // 1000:03d}Z"
+    if isinstance(value, date):
+        return value.isoformat()  # date properties take YYYY-MM-DD
+    if isinstance(value, float | Decimal):
+        return format(Decimal(repr(value)) if isinstance(value, float) else value, "f")
+    if isinstance(value, list | tuple | set | frozenset):
+        return ";".join(encode_value(item) for item in value)  # multiple checkboxes
+    return str(value)
+
+
+def _until_utc_midnight() -> float:
+    now = datetime.now(UTC)
+    midnight = datetime.combine(now.date() + timedelta(days=1), datetime.min.time(), UTC)
+    return (midnight - now).total_seconds()
 
 
 def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+    """Retry-After if sent (HubSpot doesn't); else when the limit named in the body frees up:
+    the secondly search limit in a second, the rolling window within its interval, the daily
+    one at midnight (the portal's time zone is unknown here: UTC)."""
+    header = response.headers.get("Retry-After")
+    if header is not None:
+        try:
+            return float(header)
+        except ValueError:
+            pass
     try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
+        policy = orjson.loads(response.content).get("policyName")
+    except (orjson.JSONDecodeError, AttributeError):
+        policy = None
+    if policy == "SECONDLY":
+        return 1.0
+    if policy == "DAILY":
+        return _until_utc_midnight()
+    interval = response.headers.get("X-HubSpot-RateLimit-Interval-Milliseconds")
+    return int(interval) / 1000 if interval and interval.isdigit() else None
 
 
 def raise_for_status(response: httpx.Response) -> None:
@@ -35,45 +84,132 @@ def raise_for_status(response: httpx.Response) -> None:
     raise PermanentError(status, response.text)
 
 
+def _header_int(headers: httpx.Headers, name: str) -> int | None:
+    value = headers.get(name)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _quotas(headers: httpx.Headers) -> list[Quota]:
+    quotas = []
+    limit = _header_int(headers, "X-HubSpot-RateLimit-Max")
+    remaining = _header_int(headers, "X-HubSpot-RateLimit-Remaining")
+    interval = _header_int(headers, "X-HubSpot-RateLimit-Interval-Milliseconds")
+    if limit is not None and remaining is not None and interval is not None:
+        quotas.append(Quota(limit, remaining, interval / 1000))
+    daily = _header_int(headers, "X-HubSpot-RateLimit-Daily")
+    daily_remaining = _header_int(headers, "X-HubSpot-RateLimit-Daily-Remaining")
+    if daily is not None and daily_remaining is not None:
+        quotas.append(Quota(daily, daily_remaining, DAY))
+    return quotas
+
+
 class HubSpotClient:
-    def __init__(self, base_url: str, token: str, timeout: float = 10.0) -> None:
+    """One HubSpot object type (contacts by default) as a TargetClient.
+
+    Records are matched by ``id_property``, a unique-value custom property holding crmsync's
+    customer id, which every upsert's properties carry.
+    """
+
+    vendor = "hubspot"
+    max_batch = BATCH_LIMIT
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = 10.0,
+        object_type: str = "contacts",
+        id_property: str = "crmsync_id",
+    ) -> None:
         self._http = httpx.AsyncClient(
             base_url=base_url,
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
             timeout=timeout,
         )
+        self._objects = f"/crm/v3/objects/{object_type}"
+        self.id_property = id_property
+        self._quotas: list[Quota] = []
 
     def __repr__(self) -> str:  # never show the token
-        return f"HubSpotClient({self._http.base_url})"
+        return f"HubSpotClient({self._http.base_url}{self._objects})"
 
-    async def _post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+    async def upsert(self, items: list[Upsert]) -> list[Outcome]:
+        keyed = [(n, item) for n, item in enumerate(items) if item.properties.get(self.id_property)]
+        outcomes = [
+            Outcome(item.customer_id, error=f"no {self.id_property} to upsert by")
+            for item in items
+            if not item.properties.get(self.id_property)
+        ]
+        if not keyed:
+            return outcomes
+        inputs = [
+            {
+                "idProperty": self.id_property,
+                "id": encode_value(item.properties[self.id_property]),
+                "properties": {k: encode_value(v) for k, v in item.properties.items()},
+                "objectWriteTraceId": str(n),
+            }
+            for n, item in keyed
+        ]
+        body = await self._post(f"{self._objects}/batch/upsert", {"inputs": inputs})
+        return outcomes + self._upsert_outcomes(keyed, body)
+
+    async def archive(self, items: list[Archive]) -> list[Outcome]:
+        if items:
+            inputs = [{"id": item.external_id} for item in items]
+            await self._post(f"{self._objects}/batch/archive", {"inputs": inputs})
+        return [Outcome(item.customer_id, external_id=item.external_id) for item in items]
+
+    def quotas(self) -> list[Quota]:
+        return list(self._quotas)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         try:
             response = await self._http.post(path, content=orjson.dumps(body))
         except httpx.TimeoutException as exc:
             raise TransientError(f"timeout: {exc!r}") from exc
         except httpx.TransportError as exc:
             raise TransientError(f"connection failed: {exc!r}") from exc
+        self._quotas = _quotas(response.headers)
         raise_for_status(response)
-        return response
+        if not response.content:
+            return {}
+        try:
+            answer = orjson.loads(response.content)
+        except orjson.JSONDecodeError as exc:
+            raise TransientError(f"unreadable HTTP {response.status_code} answer: {exc}") from exc
+        return answer if isinstance(answer, dict) else {}
 
-    async def batch_upsert(
-        self, id_property: str, inputs: list[dict[str, Any]]
-    ) -> tuple[dict[str, str], list[str]]:
-        """Upsert contacts by `id_property`; returns ({id value: HubSpot id}, failed id values)."""
-        body = {
-            "inputs": [
-                {"idProperty": id_property, "id": props[id_property], "properties": props}
-                for props in inputs
-            ]
-        }
-        response = await self._post(f"{_CONTACTS}/batch/upsert", body)
-        results = response.json().get("results", [])
-        created = {r["properties"][id_property]: r["id"] for r in results}
-        failed = [props[id_property] for props in inputs if props[id_property] not in created]
-        return created, failed
+    def _upsert_outcomes(
+        self, keyed: list[tuple[int, Upsert]], body: Mapping[str, Any]
+    ) -> list[Outcome]:
+        """Match results and errors back to inputs by trace id (by id value as a fallback)."""
+        key = self.id_property
+        trace_of_key = {encode_value(item.properties[key]): str(n) for n, item in keyed}
+        external_ids: dict[str, str] = {}
+        for result in body.get("results", []):
+            trace = result.get("objectWriteTraceId") or trace_of_key.get(
+                str(result.get("properties", {}).get(key))
+            )
+            if trace is not None:
+                external_ids[trace] = str(result["id"])
+        errors = list(body.get("errors", []))
+        refusals = dict(_refusals_by_trace(errors))
+        unexplained = orjson.dumps(errors).decode() if errors else "HubSpot returned no result"
+        return [
+            Outcome(item.customer_id, external_id=external_ids[str(n)])
+            if str(n) in external_ids
+            else Outcome(item.customer_id, error=refusals.get(str(n), unexplained))
+            for n, item in keyed
+        ]
 
-    async def batch_archive(self, contact_ids: list[str]) -> None:
-        await self._post(f"{_CONTACTS}/batch/archive", {"inputs": [{"id": i} for i in contact_ids]})
 
-    async def aclose(self) -> None:
-        await self._http.aclose()
+def _refusals_by_trace(errors: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:
+    """Each refused input's trace id with HubSpot's error entry for it, as text."""
+    for error in errors:
+        text = orjson.dumps(error).decode()
+        for trace in error.get("context", {}).get("objectWriteTraceId", []):
+            yield str(trace), text
