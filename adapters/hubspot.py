@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import orjson
 
-from adapters.target import Archive, Outcome, Quota, Upsert
+from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
 __all__ = ["BATCH_LIMIT", "HubSpotClient", "encode_value", "raise_for_status"]
@@ -129,6 +129,7 @@ class HubSpotClient:
         self._objects = f"/crm/v3/objects/{object_type}"
         self.id_property = id_property
         self._quotas: list[Quota] = []
+        self.pace = no_pacing  # one request per call: nothing further to pace
 
     def __repr__(self) -> str:  # never show the token
         return f"HubSpotClient({self._http.base_url}{self._objects})"

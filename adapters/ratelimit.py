@@ -79,8 +79,18 @@ class RequestWindow:
             self.take(missing)
 
 
+#: Windows up to this long also pace requests evenly (see Throttle); a daily allowance does not.
+PACED_WINDOW = 3600.0
+
+
 class Throttle:
-    """All of one target's windows (per-second/-minute and daily); `acquire` waits for all."""
+    """All of one target's windows (per-second/-minute and daily); `acquire` waits for all.
+
+    Requests are also spaced evenly at the shortest window's rate. A window that frees up all
+    at once would otherwise release a burst, the burst would queue at the server, and the
+    queueing delay would shift arrivals by more than the margin: the next burst would then
+    overlap the previous one in the server's window and draw 429s.
+    """
 
     def __init__(
         self, windows: list[RequestWindow], clock: Callable[[], float] = time.monotonic
@@ -88,10 +98,14 @@ class Throttle:
         self.windows = windows
         self._clock = clock
         self._paused_until = 0.0
+        paced = [w.nominal_window / w.limit for w in windows if w.nominal_window <= PACED_WINDOW]
+        self.spacing = max(paced, default=0.0)
+        self._next_send = 0.0
         self._lock = asyncio.Lock()
 
     def wait_time(self) -> float:
-        pause = max(0.0, self._paused_until - self._clock())
+        now = self._clock()
+        pause = max(0.0, self._paused_until - now, self._next_send - now)
         return max([pause, *(w.wait_time() for w in self.windows)])
 
     async def acquire(self) -> None:
@@ -100,6 +114,7 @@ class Throttle:
                 await asyncio.sleep(delay)
             for window in self.windows:
                 window.take()
+            self._next_send = self._clock() + self.spacing
 
     def pause(self, seconds: float) -> None:
         """After a 429: nobody sends for `seconds`."""

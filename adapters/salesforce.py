@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
-from adapters.target import Archive, Outcome, Quota, Upsert
+from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
 __all__ = ["SalesforceClient", "raise_for_status"]
@@ -93,6 +93,7 @@ class SalesforceClient:
         self._sobject = sobject
         self._external_id_field = external_id_field
         self._quotas: list[Quota] = []
+        self.pace = no_pacing  # one request per call: nothing further to pace
         self._http = httpx.AsyncClient(
             base_url=instance_url,
             headers={

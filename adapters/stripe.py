@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from adapters.target import Archive, Outcome, Quota, Upsert
+from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
 __all__ = ["StripeClient", "encode_properties"]
@@ -108,6 +108,7 @@ class StripeClient:
             headers={"Authorization": f"Bearer {api_key}", "Stripe-Version": STRIPE_VERSION},
             timeout=timeout,
         )
+        self.pace = no_pacing
 
     def __repr__(self) -> str:  # never show the key
         return f"StripeClient({self._http.base_url})"
@@ -138,6 +139,7 @@ class StripeClient:
             path = f"{_CUSTOMERS}/{item.external_id}"
             response = await self._request("POST", path, fields, item.idempotency_key)
             if _is_missing(response):  # deleted in Stripe: give the customer a new one
+                await self.pace()
                 return await self._create(item, fields, replacing=item.external_id)
             raise_for_status(response)
             return Outcome(item.customer_id, response.json()["id"])
@@ -156,8 +158,10 @@ class StripeClient:
         if response.status_code == 400 and _error_of(response).get("type") == "idempotency_error":
             # The first attempt sent other values (changes were coalesced since): that
             # customer exists, so update it rather than create a second one.
+            await self.pace()
             existing = await self._find(item.customer_id)
             path = f"{_CUSTOMERS}/{existing}"
+            await self.pace()
             response = await self._request("POST", path, fields, item.idempotency_key)
         raise_for_status(response)
         return Outcome(item.customer_id, response.json()["id"])

@@ -18,10 +18,15 @@ carrying the vendor's error body as text.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-__all__ = ["Archive", "Outcome", "Quota", "TargetClient", "Upsert"]
+__all__ = ["Archive", "Outcome", "Quota", "TargetClient", "Upsert", "no_pacing"]
+
+
+async def no_pacing() -> None:
+    """The default `TargetClient.pace`: a client used on its own sends at once."""
 
 
 @dataclass(frozen=True)
@@ -71,6 +76,9 @@ class Quota:
 class TargetClient(Protocol):
     vendor: str  # "hubspot", "salesforce", "stripe", "zendesk"
     max_batch: int  # the API's own limit on records per write request (1: no batch API)
+    #: Awaited before every further request one call makes (a Zendesk job poll, a Stripe
+    #: lookup): the runtime sets it to its throttle, so those count against the quota too.
+    pace: Callable[[], Awaitable[None]]
 
     async def upsert(self, items: list[Upsert]) -> list[Outcome]:
         """Write every item in as few requests as the API allows (len(items) <= max_batch);

@@ -113,6 +113,7 @@ class TargetAdapter:
         self.policy = policy
         self.breaker = breaker or CircuitBreaker()
         self._slots = asyncio.Semaphore(concurrency)
+        client.pace = throttle.acquire  # the client's follow-up requests count too
         self._db = asyncio.Lock()  # concurrent requests share one connection: one writer at a time
         self.dead_letters: list[DeadLetter] = []  # this process's, newest last (for tests/logs)
         for window in throttle.windows:

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
-from adapters.target import Archive, Outcome, Quota, Upsert
+from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
 __all__ = ["ZendeskClient"]
@@ -108,6 +108,7 @@ class ZendeskClient:
         self._poll_max_interval = poll_max_interval
         self._job_timeout = job_timeout
         self._quotas: list[Quota] = []
+        self.pace = no_pacing
 
     def __repr__(self) -> str:  # never show the credentials
         return f"ZendeskClient({self._http.base_url})"
@@ -180,6 +181,7 @@ class ZendeskClient:
         return job
 
     async def _poll(self, job_id: str) -> dict[str, Any]:
+        await self.pace()
         try:
             response = await self._request("GET", f"/api/v2/job_statuses/{job_id}.json")
         except PermanentError as error:
