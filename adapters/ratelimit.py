@@ -86,10 +86,12 @@ PACED_WINDOW = 3600.0
 class Throttle:
     """All of one target's windows (per-second/-minute and daily); `acquire` waits for all.
 
-    Requests are also spaced evenly at the shortest window's rate. A window that frees up all
-    at once would otherwise release a burst, the burst would queue at the server, and the
-    queueing delay would shift arrivals by more than the margin: the next burst would then
-    overlap the previous one in the server's window and draw 429s.
+    Requests are also spaced evenly at the strictest short window's rate. Zero 429s needs
+    every request to reach the server within `margin` of being sent; a window that freed up
+    all at once would release a burst that queues at the server, and that queueing delay is
+    what pushed arrivals past the margin (measured: 36 429s in 5,000 Stripe writes with 16
+    requests in flight, none once paced). Pacing keeps the server's queue empty; it does not
+    widen the margin itself (tests/unit/test_ratelimit.py shows the exact bound).
     """
 
     def __init__(

@@ -4,15 +4,22 @@ The central claim: with a known quota, the limiter never sends a request the tar
 refuse. The property tests simulate the target: it counts the requests it *received* in a
 sliding window of the nominal length, and a request reaches it up to `margin` seconds after
 the limiter let it go.
+
+Pacing does not widen that: arrival jitter beyond the margin can still draw a 429, however
+evenly the requests are spaced. What pacing bounds is how far over: a target window holds at
+most `limit + ceil((jitter - margin) / spacing)` requests, where a burst could put `2 * limit`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import random
+import time
 import types
 from collections.abc import Iterator
 from contextlib import contextmanager
+from itertools import pairwise
 from unittest import mock
 
 import pytest
@@ -20,7 +27,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from adapters import ratelimit
-from adapters.ratelimit import RequestWindow, Throttle
+from adapters.ratelimit import PACED_WINDOW, RequestWindow, Throttle
 from adapters.retry import RetryPolicy
 from adapters.target import Quota
 
@@ -280,6 +287,17 @@ def server_refusals(
     return refused
 
 
+def busiest_server_window(sent: list[float], latencies: list[float], window: float) -> int:
+    """The most requests the target received in one closed sliding window of `window` s."""
+    receipts = sorted(t + lat for t, lat in zip(sent, latencies, strict=True))
+    busiest, lo = 0, 0
+    for hi, r in enumerate(receipts):
+        while receipts[lo] < r - window:
+            lo += 1
+        busiest = max(busiest, hi - lo + 1)
+    return busiest
+
+
 def send_all(throttle: Throttle, clock: FakeClock, arrivals: list[float]) -> list[float]:
     """One caller after another asks to send at `arrivals`; returns when each was let go."""
     sent: list[float] = []
@@ -400,6 +418,69 @@ def test_a_window_without_the_margin_would_draw_a_429(clock: FakeClock) -> None:
     assert server_refusals(sent, [MARGIN, 0.0], 1, WINDOW) == []
 
 
+@settings(max_examples=300, deadline=None)
+@given(
+    limit=st.sampled_from([1, 2, 4, 8]),  # powers of two: the spacing stays exact
+    window=st.sampled_from([WINDOW, 1000 / 1024, 1000 / 16]),
+    margin=st.sampled_from([0.0, 2**-10, 2**-4, 0.5]),
+    eighths=st.integers(0, 24),  # jitter beyond the margin, in eighths of the spacing
+    requests=st.lists(st.tuples(_EXACT_GAPS, st.integers(0, 16)), min_size=1, max_size=60),
+)
+@example(limit=4, window=WINDOW, margin=2**-4, eighths=1, requests=[(0.0, 16)] + [(0.0, 0)] * 8)
+def test_paced_requests_overload_the_server_by_at_most_the_jitter_beyond_the_margin(
+    limit: int, window: float, margin: float, eighths: int, requests: list[tuple[float, int]]
+) -> None:
+    """Arrival jitter up to three spacings beyond the margin. Paced sends are `spacing` apart,
+    and the window lets at most `limit` go in any `window + margin` s, so a target window,
+    which collects what was sent in `window + jitter` s, holds at most
+    `limit + ceil((jitter - margin) / spacing)`: none over within the margin, and jitter up to
+    one spacing beyond it puts at most one request too many in a target window."""
+    clock = FakeClock()
+    throttle = Throttle([RequestWindow(limit, window, margin=margin, clock=clock)], clock=clock)
+    spacing = window / limit
+    assert throttle.spacing == spacing
+    jitter = margin + eighths * spacing / 8
+    arrivals, latencies, t = [], [], START
+    for gap, sixteenths in requests:
+        t += gap
+        arrivals.append(t)
+        latencies.append(jitter * sixteenths / 16)  # anywhere in [0, jitter]
+    sent = send_all(throttle, clock, arrivals)
+    assert all(b - a >= spacing for a, b in pairwise(sent))
+    over = math.ceil(eighths / 8)  # ceil((jitter - margin) / spacing), exactly
+    assert busiest_server_window(sent, latencies, window) <= limit + over
+    if over == 0:
+        assert server_refusals(sent, latencies, limit, window) == []
+
+
+@pytest.mark.parametrize("over", [1, 2, 3])
+def test_jitter_beyond_the_margin_draws_429s_even_paced_but_fewer_than_a_burst(
+    over: int,
+) -> None:
+    """The bound above is reached, so pacing does not absorb jitter beyond the margin: with
+    `over == 1` the jitter is the margin plus one bucket (0.07 s), far under half the spacing
+    (0.98 s), and the target still sees `limit + 1`. The first round arrives late by the whole
+    jitter, the second on time. Without pacing (the burst the spacing replaced), the same
+    jitter puts both rounds whole in one target window."""
+    spacing = WINDOW / LIMIT
+    jitter = MARGIN + WIDTH + (over - 1) * spacing
+    arrivals = [START + WIDTH / 2] * (2 * LIMIT)  # mid-bucket: no ties at the target
+    latencies = [jitter] * LIMIT + [0.0] * LIMIT
+    clock = FakeClock()
+    paced = Throttle([RequestWindow(LIMIT, WINDOW, margin=MARGIN, clock=clock)], clock=clock)
+    assert paced.spacing == spacing
+    sent = send_all(paced, clock, arrivals)
+    assert sent[LIMIT] == START + WIDTH + SPAN  # the second round waited for the window
+    assert busiest_server_window(sent, latencies, WINDOW) == LIMIT + over
+    assert server_refusals(sent, latencies, LIMIT, WINDOW) != []
+    clock = FakeClock()
+    burst = Throttle([RequestWindow(LIMIT, WINDOW, margin=MARGIN, clock=clock)], clock=clock)
+    burst.spacing = 0.0
+    sent = send_all(burst, clock, arrivals)
+    assert sent == [START + WIDTH / 2] * LIMIT + [START + WIDTH + SPAN] * LIMIT
+    assert busiest_server_window(sent, latencies, WINDOW) == 2 * LIMIT
+
+
 # --- Throttle ---------------------------------------------------------------------------------
 
 
@@ -416,32 +497,103 @@ async def test_acquire_takes_from_every_window(clock: FakeClock, sleeps: list[fl
     for _ in range(7):
         await throttle.acquire()
     assert (ten_s.used(), daily.used()) == (7, 7)
-    assert sleeps == []
+    assert sleeps == pytest.approx([0.1] * 6)  # only paced: neither window was full
 
 
 async def test_acquire_waits_for_the_fullest_window(clock: FakeClock, sleeps: list[float]) -> None:
     short = RequestWindow(LIMIT, 1000 / 1024, margin=MARGIN, clock=clock)
     long = RequestWindow(2, WINDOW, margin=MARGIN, clock=clock)
     throttle = Throttle([short, long], clock=clock)
+    assert throttle.spacing == WINDOW / 2  # the long window is the stricter rate
     await throttle.acquire()
     await throttle.acquire()
+    assert sleeps == [WINDOW / 2]
     assert short.wait_time() == 0
-    assert throttle.wait_time() == long.wait_time() == WIDTH + SPAN
+    assert clock() + throttle.spacing == START + WINDOW  # the pace would allow a send here,
+    assert throttle.wait_time() == long.wait_time() == START + WIDTH + SPAN - clock()  # not yet
     await throttle.acquire()
     assert clock() == START + WIDTH + SPAN
     assert sum(sleeps) == WIDTH + SPAN
 
 
-async def test_limit_acquires_go_without_sleeping_then_one_waits_exactly(
+async def test_limit_acquires_go_one_spacing_apart_then_one_waits_exactly_for_the_window(
     clock: FakeClock, sleeps: list[float]
 ) -> None:
     throttle = Throttle([RequestWindow(LIMIT, WINDOW, margin=MARGIN, clock=clock)], clock=clock)
+    spacing = WINDOW / LIMIT
+    sent = []
     for _ in range(LIMIT):
         await throttle.acquire()
-    assert sleeps == []
-    await throttle.acquire()
-    assert sleeps == [WIDTH + SPAN]
+        sent.append(clock())
+    assert sent == [START + k * spacing for k in range(LIMIT)]
+    assert sleeps == [spacing] * (LIMIT - 1)
+    await throttle.acquire()  # the window, not the pace: the first request must leave it
+    assert sleeps[-1] == START + WIDTH + SPAN - sent[-1] > spacing
     assert clock() == START + WIDTH + SPAN
+
+
+async def test_consecutive_acquires_are_spaced_by_exactly_the_spacing(
+    clock: FakeClock, sleeps: list[float]
+) -> None:
+    throttle = Throttle([RequestWindow(64, 8.0, margin=MARGIN, clock=clock)], clock=clock)
+    assert throttle.spacing == 0.125
+    sent = []
+    for _ in range(10):
+        await throttle.acquire()
+        sent.append(clock())
+    assert sent == [START + k * 0.125 for k in range(10)]
+    assert sleeps == [0.125] * 9
+    assert throttle.wait_time() == 0.125
+
+
+async def test_pacing_counts_from_the_previous_send_and_idle_time_banks_no_burst(
+    clock: FakeClock, sleeps: list[float]
+) -> None:
+    throttle = Throttle([RequestWindow(64, 8.0, margin=MARGIN, clock=clock)], clock=clock)
+    await throttle.acquire()
+    clock.advance(2**-4)  # a caller half a spacing later waits only the other half
+    await throttle.acquire()
+    assert sleeps == [2**-4]
+    assert clock() == START + 0.125
+    clock.advance(5.0)  # idle for 40 spacings: the next goes at once, the rest are paced
+    sleeps.clear()
+    for _ in range(3):
+        await throttle.acquire()
+    assert sleeps == [0.125, 0.125]
+    assert clock() == START + 5.375
+
+
+@pytest.mark.parametrize(
+    ("limits", "spacing"),
+    [
+        ([(100, 10.0), (250_000, 86_400.0)], 10.0 / 100),  # HubSpot: the daily one does not pace
+        ([(100, 1.0)], 1.0 / 100),  # Stripe live
+        ([(700, 60.0)], 60.0 / 700),  # Zendesk enterprise
+        ([(100, 10.0), (25, 1.0)], 10.0 / 100),  # 10/s on average is stricter than 25/s
+        ([(25, 1.0), (100, 10.0)], 10.0 / 100),  # in either order
+        ([(100, 10.0), (5, 1.0)], 1.0 / 5),  # here the short window is the stricter
+        ([(50, PACED_WINDOW)], PACED_WINDOW / 50),  # an hour still paces
+        ([(10, 2 * PACED_WINDOW)], 0.0),  # longer does not
+        ([(15_000, 86_400.0)], 0.0),  # Salesforce: only a daily allowance
+        ([], 0.0),
+    ],
+)
+def test_the_spacing_is_taken_from_the_strictest_window_up_to_an_hour(
+    clock: FakeClock, limits: list[tuple[int, float]], spacing: float
+) -> None:
+    windows = [RequestWindow(limit, seconds, clock=clock) for limit, seconds in limits]
+    assert Throttle(windows, clock=clock).spacing == spacing
+
+
+async def test_a_daily_window_alone_does_not_pace(clock: FakeClock, sleeps: list[float]) -> None:
+    daily = RequestWindow(15_000, 86_400.0, clock=clock)  # Salesforce developer edition
+    throttle = Throttle([daily], clock=clock)
+    for _ in range(50):
+        await throttle.acquire()
+    assert sleeps == []  # a burst goes out at once
+    assert clock() == START
+    assert daily.used() == 50
+    assert throttle.wait_time() == 0
 
 
 def test_observe_corrects_the_window_of_the_same_length(clock: FakeClock) -> None:
@@ -508,7 +660,7 @@ def test_a_shorter_pause_does_not_cut_a_longer_one(clock: FakeClock) -> None:
 
 
 async def test_pause_holds_every_acquire(clock: FakeClock, sleeps: list[float]) -> None:
-    throttle = Throttle([RequestWindow(100, 10.0, clock=clock)], clock=clock)
+    throttle = Throttle([RequestWindow(64, 8.0, margin=MARGIN, clock=clock)], clock=clock)
     throttle.pause(4.0)
     returned: list[float] = []
 
@@ -517,17 +669,20 @@ async def test_pause_holds_every_acquire(clock: FakeClock, sleeps: list[float]) 
         returned.append(clock())
 
     await asyncio.gather(*(caller() for _ in range(5)))
-    assert len(returned) == 5
-    assert all(t >= START + 4.0 for t in returned)
-    assert sum(sleeps) == 4.0  # they waited out the one pause, not one each
+    assert returned == [START + 4.0 + k * 0.125 for k in range(5)]
+    assert sleeps == [4.0] + [0.125] * 4  # they waited out the one pause, not one each
 
 
 async def test_pause_does_not_spend_the_quota(clock: FakeClock, sleeps: list[float]) -> None:
-    throttle = Throttle([RequestWindow(LIMIT, WINDOW, margin=MARGIN, clock=clock)], clock=clock)
+    window = RequestWindow(LIMIT, WINDOW, margin=MARGIN, clock=clock)
+    throttle = Throttle([window], clock=clock)
     throttle.pause(1.0)
     for _ in range(LIMIT):
         await throttle.acquire()
-    assert sleeps == [1.0]
+    assert sleeps == [1.0] + [WINDOW / LIMIT] * (LIMIT - 1)  # the pause, then the pace only
+    assert window.used() == LIMIT
+    await throttle.acquire()  # the window counts from the first real send, not the pause
+    assert clock() == START + 1.0 + WIDTH + SPAN
 
 
 async def test_a_pause_during_a_wait_holds_the_waiting_acquire(
@@ -562,20 +717,39 @@ async def test_acquire_is_first_come_first_served(clock: FakeClock, sleeps: list
     assert times == [START + k * (WIDTH + SPAN) for k in (1, 2, 3)]
 
 
-async def test_acquire_on_a_real_clock_lets_limit_requests_through_without_sleeping() -> None:
-    throttle = Throttle([RequestWindow(50, 3600.0)])
+async def test_acquire_on_a_real_clock_sends_at_the_paced_rate_not_in_a_burst() -> None:
+    reads: list[float] = []
+
+    def clock() -> float:  # the real clock; its last reading in acquire is the send time
+        reads.append(time.monotonic())
+        return reads[-1]
+
+    window = RequestWindow(5, 0.2)  # room for all five, so only the pace makes them wait
+    throttle = Throttle([window], clock=clock)
+    spacing = throttle.spacing
+    assert spacing == 0.2 / 5
     asked: list[float] = []
 
-    async def no_sleep(seconds: float) -> None:
+    async def sleep(seconds: float) -> None:
         asked.append(seconds)
-        raise AssertionError(f"acquire slept {seconds}s with room in the window")
+        await _real_sleep(seconds)
 
-    fake_asyncio = types.SimpleNamespace(sleep=no_sleep, Lock=asyncio.Lock)
+    sent: list[float] = []
+    sleeps_per_send: list[int] = []
+    fake_asyncio = types.SimpleNamespace(sleep=sleep, Lock=asyncio.Lock)
+    started = time.monotonic()
     with mock.patch.object(ratelimit, "asyncio", fake_asyncio):
-        for _ in range(50):
+        for _ in range(5):
+            before = len(asked)
             await throttle.acquire()
-    assert asked == []
-    assert throttle.wait_time() > 3599  # and the 51st would wait about an hour
+            sent.append(reads[-1])
+            sleeps_per_send.append(len(asked) - before)
+    elapsed = time.monotonic() - started
+    assert sleeps_per_send[0] == 0  # the first goes at once
+    assert all(n >= 1 for n in sleeps_per_send[1:])  # each later one waited for its turn
+    assert all(0 < s <= spacing for s in asked)  # never longer than the pace
+    assert all(b - a >= spacing - 1e-9 for a, b in pairwise(sent))  # not a burst
+    assert 4 * spacing - 1e-9 <= sent[-1] - sent[0] <= elapsed < 2.0
 
 
 # --- RetryPolicy ------------------------------------------------------------------------------
