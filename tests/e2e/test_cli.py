@@ -23,8 +23,10 @@ def test_up_status_down(tmp_path: Path) -> None:
         **os.environ,
         "CRMSYNC_STATE_DIR": str(tmp_path / "state"),
         **{f"CRMSYNC_{name}": str(free_port()) for name in (
-            "PG_PORT", "BROKER_PORT", "EMULATOR_PORT", "CAPTURE_METRICS_PORT",
-            "STREAMS_METRICS_PORT", "ADAPTER_METRICS_PORT")},
+            "PG_PORT", "BROKER_PORT", "EMULATOR_PORT", "BILLING_EMULATOR_PORT",
+            "SUPPORT_EMULATOR_PORT", "CAPTURE_METRICS_PORT", "STREAMS_METRICS_PORT",
+            "ADAPTER_METRICS_PORT", "BILLING_ADAPTER_METRICS_PORT",
+            "SUPPORT_ADAPTER_METRICS_PORT")},
     }  # fmt: skip
     cli = [sys.executable, "-m", "crmsync.cli"]
     up = subprocess.Popen(
@@ -61,10 +63,12 @@ def test_up_status_down(tmp_path: Path) -> None:
         )  # fmt: skip
         assert contact["firstname"] == "Grace"
 
+        def everywhere(report: dict) -> bool:  # Grace in the CRM, billing and support
+            return all(t["links"] == links_before + 1 for t in report["targets"].values())
+
         report = wait_until(
-            lambda: (s := status())["components"]["database"]["crm_links"] == links_before + 1
-            and s,
-            timeout=30, what="status counting the new contact",
+            lambda: s if everywhere(s := status()) else None,
+            timeout=60, what="status counting the new customer in every target",
         )  # fmt: skip
         components = report["components"]
         assert {n for n, c in components.items() if c.get("state") != "running"} == set()
@@ -73,6 +77,14 @@ def test_up_status_down(tmp_path: Path) -> None:
         assert components["capture"]["metrics"]["capture_records"] >= 21
         assert components["adapter-crm"]["metrics"]["adapter_delivered"] == links_before + 1
         assert report["lag"]["adapter-crm"]["lag"] == 0
+        for name, vendor in (("crm", "hubspot"), ("billing", "stripe"), ("support", "zendesk")):
+            target = report["targets"][name]
+            assert (target["vendor"], target["breaker"], target["rate_limited"]) == (
+                vendor, "closed", 0,
+            )  # fmt: skip
+            assert target["dead_letters_open"] == 0  # the sample's bad rows fail at ingest
+            assert target["api_calls"] >= 1
+            assert all(q["limit"] > 0 for q in target["quota"].values()), target["quota"]
     finally:
         subprocess.run([*cli, "down"], env=env, check=True, capture_output=True, timeout=90)
     up.wait(timeout=30)
