@@ -224,9 +224,9 @@ def dlq_list(
         table.add_column(column)
     for letter in letters:
         table.add_row(
-            str(letter["id"]), f"{letter['created_at']:%Y-%m-%d %H:%M:%S}", letter["stage"],
+            str(letter["id"]), f"{letter['created_at']:%m-%d %H:%M:%S}", letter["stage"],
             letter["target"] or "", letter["key"] or "", str(letter["attempts"]),
-            letter["error"][:80], "yes" if letter["replayed_at"] else "",
+            " ".join(letter["error"].split())[:160], "yes" if letter["replayed_at"] else "",
         )  # fmt: skip
     console.print(table)
 
