@@ -26,6 +26,9 @@ class Write:
     full: bool
     lane: Lane
     commands: list[Command] = field(default_factory=list)
+    #: False when what this write leaves in the target is not exactly `desired_hash` (it was
+    #: sent without the whole record): the link then records the target's state as unknown.
+    known: bool = True
 
     @property
     def idempotency_key(self) -> str:

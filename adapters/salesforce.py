@@ -31,7 +31,6 @@ DAILY_LIMIT_RETRY_AFTER = 300.0
 GONE = frozenset({"ENTITY_IS_DELETED", "NOT_FOUND", "INVALID_CROSS_REFERENCE_KEY"})
 
 _API_USAGE = re.compile(r"(?<![\w-])api-usage=(\d+)/(\d+)")
-_PER_APP_USAGE = re.compile(r"per-app-api-usage=(\d+)/(\d+)")
 
 
 def _errors(response: httpx.Response) -> list[dict[str, Any]]:
@@ -63,14 +62,16 @@ def raise_for_status(response: httpx.Response) -> None:
 
 
 def parse_limit_info(header: str) -> list[Quota]:
-    """``Sforce-Limit-Info: api-usage=18/15000; per-app-api-usage=17/250(appName=x)``."""
-    quotas = []
-    for pattern in (_API_USAGE, _PER_APP_USAGE):
-        match = pattern.search(header)
-        if match is not None:
-            used, limit = int(match[1]), int(match[2])
-            quotas.append(Quota(limit=limit, remaining=max(0, limit - used), window=DAY))
-    return quotas
+    """``Sforce-Limit-Info: api-usage=18/15000; per-app-api-usage=17/250(appName=x)``.
+
+    Only the org's daily allocation is reported: a connected app's own cap (per-app) is a
+    different, smaller budget over the same 24 h, and correcting the org's window from it
+    would stop sending for a day."""
+    match = _API_USAGE.search(header)
+    if match is None:
+        return []
+    used, limit = int(match[1]), int(match[2])
+    return [Quota(limit=limit, remaining=max(0, limit - used), window=DAY)]
 
 
 class SalesforceClient:

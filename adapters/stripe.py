@@ -135,7 +135,7 @@ class StripeClient:
         fields = encode_properties(item.properties)
         try:
             if item.external_id is None:
-                return await self._create(item, fields)
+                return await self._create(item, fields, replacing=item.archived_external_id)
             path = f"{_CUSTOMERS}/{item.external_id}"
             response = await self._request("POST", path, fields, item.idempotency_key)
             if _is_missing(response):  # deleted in Stripe: give the customer a new one

@@ -45,6 +45,10 @@ class Upsert:
     properties: dict[str, Any]
     external_id: str | None
     idempotency_key: str
+    #: The target's id of this customer's archived (deleted) record, when it had one: a
+    #: restored customer gets a new record, and a create keyed by customer alone would replay
+    #: the deleted one.
+    archived_external_id: str | None = None
 
 
 @dataclass(frozen=True)

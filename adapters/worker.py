@@ -35,7 +35,13 @@ from adapters.target import Archive, Outcome, TargetClient, Upsert
 from crmsync.broker import Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
 from crmsync.domain.decide import ARCHIVED_HASH, LANES, Command
-from crmsync.errors import PermanentError, RateLimited, RetriesExhausted, TransientError
+from crmsync.errors import (
+    PermanentError,
+    RateLimited,
+    RetriesExhausted,
+    TargetError,
+    TransientError,
+)
 from crmsync.resync import Desired, desired_states
 from crmsync.rules import SyncRules, load_rules
 from crmsync.settings import Settings
@@ -68,6 +74,9 @@ _LINK_UPSERT_SQL = """
     on conflict (system, customer_id) do update
         set external_id = excluded.external_id, pushed_hash = excluded.pushed_hash,
             pushed_at = now(), archived_at = null"""
+_LINK_UNKNOWN_SQL = """
+    update sync.identity_links set pushed_hash = null
+    where system = %s and customer_id = %s::uuid"""
 _LINK_ARCHIVED_SQL = """
     update sync.identity_links set archived_at = now(), pushed_hash = %s, pushed_at = now()
     where system = %s and customer_id = %s::uuid"""
@@ -119,14 +128,18 @@ class TargetAdapter:
         for window in throttle.windows:
             QUOTA_LIMIT.labels(target, _window_name(window.nominal_window)).set(window.limit)
 
-    async def handle(self, values: list[bytes]) -> None:
-        """Deliver one batch of command records; returns when each is applied or dead-lettered."""
+    async def handle(self, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
+        """Deliver one batch of command records (values, and their record keys when known);
+        returns when each is applied or dead-lettered."""
         commands = []
-        for value in values:
+        for value, key in zip(values, keys or [None] * len(values), strict=True):
             try:
                 commands.append(Command.model_validate_json(value))
             except ValidationError as exc:
-                await self.dead_letter(None, DeadLetter.payload_of(value), f"bad command: {exc}")
+                customer = key.decode(errors="replace") if key else None
+                await self.dead_letter(
+                    customer, DeadLetter.payload_of(value), f"bad command: {exc}"
+                )
         CONSUMED.labels(self.target).inc(len(values))
         for wave in plan_writes(commands):
             await self.deliver(wave)
@@ -159,7 +172,8 @@ class TargetAdapter:
         partial = [
             w for w in wave
             if w.action == "upsert" and not w.full
-            and (w.customer_id not in links or links[w.customer_id].archived)
+            and (w.customer_id not in links or links[w.customer_id].archived
+                 or links[w.customer_id].pushed_hash is None)
         ]  # fmt: skip
         if not partial:
             return
@@ -168,13 +182,16 @@ class TargetAdapter:
         )
         for write in partial:
             state = states[write.customer_id]
-            if isinstance(state, Desired):
-                write.action = state.action
+            if isinstance(state, Desired) and state.action == "upsert":
                 write.properties = state.properties
                 write.desired_hash = state.desired_hash
                 write.full = True
-            # A row invalid by now keeps the command's own properties; the pipeline
-            # dead-letters the invalid change itself.
+            else:
+                # Deleted by now: send the command as it is, so its link is recorded and the
+                # archive behind it applies (the target may hold a record from a crash). Or
+                # invalid by now (the pipeline dead-letters that change): send the delta.
+                # Either way the target's state stays unknown.
+                write.known = False
 
     async def links(self, customer_ids: list[str]) -> dict[str, Link]:
         cursor = await self.conn.execute(_LINKS_SQL, (self.target, customer_ids))
@@ -182,8 +199,9 @@ class TargetAdapter:
 
     async def call(self, request: Callable[[], Awaitable[T]]) -> T:
         """One API request through the breaker and the throttle, retried on 429/5xx/timeouts
-        with backoff until the retry policy gives up."""
-        started = time.monotonic()
+        with backoff until the retry policy gives up (counted from the first failure, not
+        from time spent waiting behind other requests)."""
+        first_failure: float | None = None
         attempt = 0
         async with self._slots:
             while True:
@@ -195,27 +213,35 @@ class TargetAdapter:
                     result = await request()
                 except RateLimited as exc:
                     RATE_LIMITED.labels(self.target).inc()
-                    self.breaker.success()  # it answered: up, only busy
-                    error: RateLimited | TransientError = exc
+                    self.breaker_success()  # it answered: up, only busy
+                    error: TargetError = exc
                     delay = self.policy.delay(attempt, exc.retry_after)
                     self.throttle.pause(delay)  # everyone waits, not just this request
                 except TransientError as exc:
                     self.breaker_failure()
                     error, delay = exc, self.policy.delay(attempt)
                 except PermanentError:
-                    self.breaker.success()
+                    self.breaker_success()
                     self.observe_quotas()
                     raise
+                except Exception as exc:  # a client bug or a body it cannot read: park it
+                    log.exception("%s: unexpected error from the client", self.target)
+                    raise PermanentError(0, f"{type(exc).__name__}: {exc}") from exc
                 else:
-                    self.breaker.success()
-                    BREAKER.labels(self.target).set(0)
+                    self.breaker_success()
                     self.observe_quotas()
                     return result
-                if self.policy.exhausted(time.monotonic() - started):
+                now = time.monotonic()
+                first_failure = first_failure if first_failure is not None else now
+                if self.policy.exhausted(now - first_failure):
                     raise RetriesExhausted(attempt, error)
                 RETRIES.labels(self.target).inc()
                 log.info("%s: retrying in %.2fs after: %s", self.target, delay, error)
                 await asyncio.sleep(delay)
+
+    def breaker_success(self) -> None:
+        self.breaker.success()
+        BREAKER.labels(self.target).set(0)
 
     def breaker_failure(self) -> None:
         opened = self.breaker.opened
@@ -233,8 +259,14 @@ class TargetAdapter:
     async def upsert(self, writes: list[Write], links: dict[str, Link]) -> None:
         def item(write: Write) -> Upsert:
             link = links.get(write.customer_id)
-            external_id = link.external_id if link is not None and not link.archived else None
-            return Upsert(write.customer_id, write.properties, external_id, write.idempotency_key)
+            if link is None:
+                return Upsert(write.customer_id, write.properties, None, write.idempotency_key)
+            if link.archived:
+                return Upsert(write.customer_id, write.properties, None, write.idempotency_key,
+                              archived_external_id=link.external_id)  # fmt: skip
+            return Upsert(
+                write.customer_id, write.properties, link.external_id, write.idempotency_key
+            )
 
         try:
             outcomes = await self.call(lambda: self.client.upsert([item(w) for w in writes]))
@@ -253,7 +285,7 @@ class TargetAdapter:
 
     async def record(self, writes: list[Write], outcomes: list[Outcome]) -> None:
         by_customer = {w.customer_id: w for w in writes}
-        delivered: list[tuple[str, str, str, str]] = []
+        delivered: list[tuple[str, str, str, str | None]] = []
         for outcome in outcomes:
             write = by_customer.pop(outcome.customer_id, None)
             if write is None:
@@ -261,8 +293,8 @@ class TargetAdapter:
             if outcome.error is not None or outcome.external_id is None:
                 await self.dead_letter_write(write, outcome.error or "no id in the response", 1)
             else:
-                delivered.append((self.target, outcome.external_id, write.customer_id,
-                                  write.desired_hash))  # fmt: skip
+                pushed = write.desired_hash if write.known else None
+                delivered.append((self.target, outcome.external_id, write.customer_id, pushed))
         for write in by_customer.values():
             await self.dead_letter_write(write, "the target returned no result for it", 1)
         claimed = []
@@ -280,7 +312,7 @@ class TargetAdapter:
             write = next(w for w in writes if w.customer_id == customer_id)
             error = f"{self.target} record {external_id} is already linked to another customer"
             await self.dead_letter_write(write, error, 1)
-        DELIVERED.labels(self.target, "upsert").inc(len(delivered))
+        DELIVERED.labels(self.target, "upsert").inc(len(delivered) - len(claimed))
 
     async def archive(self, writes: list[tuple[Write, Link]]) -> None:
         items = [Archive(w.customer_id, link.external_id, w.idempotency_key) for w, link in writes]
@@ -302,6 +334,10 @@ class TargetAdapter:
         DELIVERED.labels(self.target, "archive").inc(len(done))
 
     async def dead_letter_write(self, write: Write, error: str, attempts: int) -> None:
+        """Park the write's commands; what the target holds is unknown from now on, so the
+        customer's next write (or the replay) sends the whole record."""
+        async with self._db:
+            await self.conn.execute(_LINK_UNKNOWN_SQL, (self.target, write.customer_id))
         for command in write.commands:
             await self.dead_letter(
                 command.customer_id, command.model_dump(mode="json"), error, attempts
@@ -333,6 +369,10 @@ async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> N
         auto_offset_reset="earliest",
         session_timeout_ms=10_000,  # Tansu holds a JoinGroup for half of it
         heartbeat_interval_ms=3_000,
+        # A batch may wait out a target outage (retry_give_up_seconds per write, and waves
+        # run in turn): leaving the group mid-batch would redeliver it all.
+        max_poll_interval_ms=6 * 3600 * 1000,
+        max_poll_records=500,
     )
     client = make_client(settings, target, plan)
     conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
@@ -353,10 +393,10 @@ async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> N
     )  # fmt: skip
     try:
         while not stop.is_set():
-            batches = await consumer.getmany(timeout_ms=200, max_records=1000)
-            values = [r.value for records in batches.values() for r in records if r.value]
-            if values:
-                await adapter.handle(values)
+            batches = await consumer.getmany(timeout_ms=200, max_records=500)
+            records = [r for part in batches.values() for r in part if r.value]
+            if records:
+                await adapter.handle([r.value for r in records], [r.key for r in records])
                 try:
                     await consumer.commit()
                 except CommitFailedError as exc:  # a rebalance: redelivery is idempotent

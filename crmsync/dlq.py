@@ -53,12 +53,22 @@ def parse_since(text: str | None) -> dt.datetime | None:
     return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
-def _is_uuid(text: str) -> bool:
+#: Rows per re-read signal: `sync.debezium_signal.data` is varchar(2048).
+SIGNAL_ROWS = 40
+
+
+def _row_id(key: str) -> str | None:
+    """The customer id in an ingest letter's key: Debezium's `{"id": ...}` (or a bare id)."""
     try:
-        uuid.UUID(text)
+        parsed = orjson.loads(key)
+    except orjson.JSONDecodeError:
+        parsed = key
+    if isinstance(parsed, dict):
+        parsed = parsed.get("payload", parsed).get("id")
+    try:
+        return str(uuid.UUID(str(parsed)))
     except ValueError:
-        return False
-    return True
+        return None
 
 
 def _where(
@@ -135,8 +145,8 @@ async def replay(
                 report.not_replayed.append((letter["id"], "no customer key: nothing to replay"))
             elif letter["stage"] == "deliver" and letter["target"] in rules.mappings:
                 deliver.setdefault((letter["target"], letter["key"]), []).append(letter["id"])
-            elif letter["stage"] == "ingest" and _is_uuid(letter["key"]):
-                reread.setdefault(letter["key"], []).append(letter["id"])
+            elif letter["stage"] == "ingest" and (row_id := _row_id(letter["key"])) is not None:
+                reread.setdefault(row_id, []).append(letter["id"])
             else:
                 report.not_replayed.append((letter["id"], f"unknown stage/target {letter}"))
         replayed: list[int] = []
@@ -157,7 +167,9 @@ async def replay(
                         report.not_replayed.append((letter_id, f"the row is invalid: {state}"))
                     continue
                 command = Command(
-                    idempotency_key=fingerprint(["replay", target_name, key, letter_ids]),
+                    idempotency_key=fingerprint(
+                        ["replay", target_name, key, letter_ids, state.desired_hash]
+                    ),
                     target=target_name,
                     customer_id=key,
                     action=state.action,
@@ -178,8 +190,10 @@ async def replay(
                 replayed.extend(letter_ids)
         if producer.flush(30) > 0:
             raise RuntimeError("the broker did not acknowledge the replayed commands")
-        if reread:
-            quoted = ", ".join(f"'{uuid.UUID(key)}'" for key in reread)  # validated: no quoting
+        row_ids = sorted(reread)
+        for start in range(0, len(row_ids), SIGNAL_ROWS):
+            chunk = row_ids[start : start + SIGNAL_ROWS]
+            quoted = ", ".join(f"'{row_id}'" for row_id in chunk)  # canonical UUIDs: no quoting
             data = {
                 "data-collections": ["public.customers"],
                 "type": "incremental",
@@ -191,8 +205,8 @@ async def replay(
                 "insert into sync.debezium_signal (id, type, data) values (%s, %s, %s)",
                 (f"dlq-replay-{uuid.uuid4()}", "execute-snapshot", orjson.dumps(data).decode()),
             )
-            report.rows_reread = len(reread)
-            replayed.extend(i for ids_ in reread.values() for i in ids_)
+            replayed.extend(i for row_id in chunk for i in reread[row_id])
+        report.rows_reread = len(row_ids)
         await conn.execute(
             "update sync.dead_letters set replayed_at = now() where id = any(%s)", (replayed,)
         )

@@ -23,7 +23,7 @@ from adapters.target import TargetClient
 from adapters.worker import TargetAdapter, throttle_for
 from crmsync.dead_letters import DeadLetter
 from crmsync.domain.customer import normalise_customer
-from crmsync.domain.decide import Command, apply
+from crmsync.domain.decide import Command, apply, fingerprint
 from crmsync.domain.events import CustomerChange, SourcePosition
 from crmsync.rules import SyncRules, load_rules
 from crmsync.settings import Settings
@@ -208,3 +208,45 @@ async def test_a_wrong_credential_is_dead_lettered_with_the_401_and_never_writte
     assert wrong not in stored
     assert wrong not in repr(h.adapter.client)
     assert wrong not in capsys.readouterr().err
+
+
+async def test_a_later_change_after_a_dead_lettered_one_sends_the_whole_record(
+    harness: Callable[..., Harness],
+) -> None:
+    """A refused write leaves the target's state unknown: the customer's next write must not
+    be a delta that the stored hash then claims is everything (the refused fields would never
+    arrive, and a replay would be skipped as already there)."""
+    h = harness()
+    create = h.new_customer(1, city="Berlin", phone="030 1234567", country="de")
+    record = normalise_customer({"id": create.customer_id, "email": "c1@example.com",
+                                 "first_name": "C1", "last_name": "L1", "city": "Hamburg",
+                                 "phone": "030 1234567", "country": "de"})  # fmt: skip
+    await h.adapter.conn.execute(
+        "insert into public.customers (id, email, first_name, last_name, city, phone, country)"
+        " values (%s, %s, %s, %s, %s, %s, %s)",
+        (record.id, record.email, record.first_name, record.last_name, record.city,
+         "030 1234567", "de"),
+    )  # fmt: skip
+    await h.deliver([create])
+    email = next(p for p in create.properties if p.lower() == "email")
+    refused = create.model_copy(
+        update={"properties": {create.id_property: create.customer_id, email: "not an email"},
+                "full": False, "desired_hash": "after-refused", "idempotency_key": "k-refused"}
+    )  # fmt: skip
+    await h.deliver([refused])
+    assert len(h.letters) == 1
+
+    city = next(p for p, v in create.properties.items() if v == "Berlin")
+    later = create.model_copy(
+        update={"properties": {create.id_property: create.customer_id, city: "Hamburg"},
+                "full": False, "desired_hash": "after-later", "idempotency_key": "k-later"}
+    )  # fmt: skip
+    await h.deliver([later])
+
+    desired = h.rules.mappings[h.target].properties(record, h.rules.synced_fields(h.target))
+    rows = await h.adapter.conn.execute(
+        "select pushed_hash from sync.identity_links where customer_id = %s", (record.id,)
+    )
+    assert await rows.fetchall() == [(fingerprint(desired),)]  # the whole record, and known
+    assert h.api.stats()["creates"] == 1
+    assert h.letters[1:] == []

@@ -171,7 +171,10 @@ def test_5xx_and_a_30s_outage_delay_one_target_only_and_lose_or_duplicate_nothin
     assert stack.sql("select count(*) from sync.dead_letters") == [(0,)]
     report = collect_status(stack.settings)["targets"]
     assert report["support"]["breaker_opened"] >= 1
-    assert all(report[name]["retries"] > 0 for name in targets)
+    # Stripe took ~40 of its 400 requests as 503s and Zendesk the outage; HubSpot, with 4
+    # batch requests, may well have drawn none.
+    assert report["billing"]["retries"] > 0
+    assert report["support"]["retries"] > 0
 
 
 def cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -194,9 +197,10 @@ def test_a_record_the_crm_refuses_is_dead_lettered_and_replayed_after_the_fix(
         )
         response.raise_for_status()
         by_hand = response.json()["id"]
-    ada, grace = stack.insert_customers(
-        [person(1, email="ada@example.com", first_name="Ada", last_name="Lovelace"), person(2)]
-    )
+    ada, grace, bad = stack.insert_customers(
+        [person(1, email="ada@example.com", first_name="Ada", last_name="Lovelace"), person(2),
+         person(3, email="not-an-email")]
+    )  # fmt: skip
 
     ((letter_id, error),) = wait_until(
         lambda: stack.sql(
@@ -229,3 +233,14 @@ def test_a_record_the_crm_refuses_is_dead_lettered_and_replayed_after_the_fix(
     assert "replayed 0 dead letters" in again.stderr
     assert crm.stats()["creates"] == creates
     assert httpx.get(f"{crm.url}/_emulator/stats").json()["contacts"] == 2
+
+    # A row the pipeline could not read is re-read through Debezium; still invalid, it is
+    # dead-lettered again with the same reason, and the old letter is marked replayed.
+    ingest = "select id, error, replayed_at is not null from sync.dead_letters" \
+             " where stage = 'ingest' and key like %s order by id"  # fmt: skip
+    ((first, reason, _),) = stack.sql(ingest, (f"%{bad}%",))
+    everything = cli(stack, "dlq", "replay")
+    assert "1 rows re-read" in everything.stderr, everything.stderr
+    letters = wait_until(lambda: (rows := stack.sql(ingest, (f"%{bad}%",)))[1:] and rows,
+                         what="the re-read row dead-lettered again")  # fmt: skip
+    assert letters == [(first, reason, True), (letters[1][0], reason, False)]
