@@ -18,7 +18,14 @@ from collections.abc import Callable
 
 from adapters.target import Quota
 
-__all__ = ["RequestWindow", "Throttle"]
+__all__ = ["RequestWindow", "Throttle", "default_margin"]
+
+
+def default_margin(window: float) -> float:
+    """How late a request may reach the server and still be counted in the window we think:
+    50 ms, or 2 % of a longer window (a busy 2-core machine stalls event loops for more than
+    40 ms now and then), at most 2 s. It costs at most 5 % of a one-second quota."""
+    return min(2.0, max(0.05, 0.02 * window))
 
 
 class RequestWindow:
@@ -30,11 +37,11 @@ class RequestWindow:
         self,
         limit: int,
         window: float,
-        margin: float = 0.04,
+        margin: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limit = limit
-        self.window = window + margin
+        self.window = window + (default_margin(window) if margin is None else margin)
         self.nominal_window = window
         self._width = window / 1000
         self._clock = clock

@@ -825,3 +825,13 @@ def test_give_up_after_defaults_to_ten_minutes() -> None:
 )
 def test_exhausted_exactly_once_the_budget_is_spent(give_up_after: float, elapsed: float) -> None:
     assert RetryPolicy(give_up_after=give_up_after).exhausted(elapsed) == (elapsed >= give_up_after)
+
+
+@pytest.mark.parametrize(
+    ("window", "margin"),
+    [(1.0, 0.05), (10.0, 0.2), (60.0, 1.2), (86_400.0, 2.0)],  # Stripe, HubSpot, Zendesk, daily
+)
+def test_the_default_margin_grows_with_the_window_within_bounds(
+    window: float, margin: float
+) -> None:
+    assert RequestWindow(100, window).window == pytest.approx(window + margin)
