@@ -175,6 +175,13 @@ def test_5xx_and_a_30s_outage_delay_one_target_only_and_lose_or_duplicate_nothin
     # batch requests, may well have drawn none.
     assert report["billing"]["retries"] > 0
     assert report["support"]["retries"] > 0
+    for name in targets:  # for the record; `-s` shows it
+        info, stats = report[name], targets[name].stats()
+        print(
+            f"\n{name}: {info['api_calls']:.0f} requests, {info['retries']:.0f} retries,"
+            f" {stats['faults_injected']} faults injected, {info['rate_limited']:.0f} 429s,"
+            f" breaker opened {info['breaker_opened']:.0f}x"
+        )
 
 
 def cli(stack: RunningStack, *args: str) -> subprocess.CompletedProcess[str]:
