@@ -51,18 +51,17 @@ def render_status(report: dict[str, Any]) -> Group:
     for group, info in report.get("lag", {}).items():
         flow.add_row(f"lag: {group}", str(info.get("lag", info.get("error", "-"))))
     targets = Table(title="targets", expand=False)
-    columns = ("target", "vendor/plan", "quota used", "API calls", "429s", "retries",
-               "breaker", "delivered", "links", "dead letters")  # fmt: skip
+    columns = ("target", "vendor", "quota used", "calls", "429", "retries", "breaker",
+               "written", "links", "dead")  # fmt: skip
     for column in columns:
-        targets.add_column(column, justify="left" if column in columns[:2] else "right")
+        targets.add_column(column, justify="left" if column in columns[:3] else "right")
     for name, info in report.get("targets", {}).items():
-        quota = ", ".join(
-            f"{q['used']:,.0f}/{q['limit']:,.0f} per {window}"
-            for window, q in info["quota"].items()
+        quota = "\n".join(
+            f"{q['used']:,.0f}/{q['limit']:,.0f} {window}" for window, q in info["quota"].items()
         )
         breaker = info["breaker"]
         targets.add_row(
-            name, f"{info['vendor']}/{info['plan']}", quota or "-",
+            name, f"{info['vendor']}\n{info['plan']}", quota or "-",
             f"{info['api_calls']:,.0f}", f"{info['rate_limited']:,.0f}",
             f"{info['retries']:,.0f}",
             f"[{'red' if breaker == 'open' else 'green'}]{breaker}[/]",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import unicodedata
 from typing import Any
 
 import phonenumbers
@@ -40,7 +41,10 @@ def _customer(fake: Faker, rng: random.Random, n: int) -> tuple[Any, ...]:
     locale = rng.choice(list(_LOCALES))
     person = fake[locale]
     first, last = person.first_name(), person.last_name()
-    email = f"{first}.{last}.{n}@{person.free_email_domain()}".replace(" ", "")
+    # Mail providers hand out ASCII addresses even to Jürgen and Sébastien (Stripe refuses
+    # anything else), so the name is folded: jurgen.muller.7@web.de.
+    local = unicodedata.normalize("NFKD", f"{first}.{last}.{n}").encode("ascii", "ignore")
+    email = f"{local.decode()}@{person.free_email_domain()}".replace(" ", "")
     if rng.random() < 0.01:
         email = f"{first} at {last}"  # about 1 in 100 is bad input, to show the dead letters
     return (
