@@ -17,8 +17,9 @@ from typing import Any
 import httpx
 import orjson
 
+from adapters import http
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
-from crmsync.errors import PermanentError, RateLimited, TransientError
+from crmsync.errors import TransientError
 
 __all__ = ["BATCH_LIMIT", "HubSpotClient", "encode_value", "raise_for_status"]
 
@@ -54,12 +55,9 @@ def _retry_after(response: httpx.Response) -> float | None:
     """Retry-After if sent (HubSpot doesn't); else when the limit named in the body frees up:
     the secondly search limit in a second, the rolling window within its interval, the daily
     one at midnight (the portal's time zone is unknown here: UTC)."""
-    header = response.headers.get("Retry-After")
+    header = http.retry_after(response)
     if header is not None:
-        try:
-            return float(header)
-        except ValueError:
-            pass
+        return header
     try:
         policy = orjson.loads(response.content).get("policyName")
     except (orjson.JSONDecodeError, AttributeError):
@@ -73,15 +71,8 @@ def _retry_after(response: httpx.Response) -> float | None:
 
 
 def raise_for_status(response: httpx.Response) -> None:
-    """Translate an error response into the error tree (see crmsync.errors)."""
-    status = response.status_code
-    if status < 400:
-        return
-    if status == 429:
-        raise RateLimited(_retry_after(response), response.text)
-    if status >= 500:
-        raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
-    raise PermanentError(status, response.text)
+    """The shared mapping (adapters.http), with HubSpot's way of saying when to retry."""
+    http.raise_for_status(response, _retry_after)
 
 
 def _header_int(headers: httpx.Headers, name: str) -> int | None:
@@ -168,12 +159,7 @@ class HubSpotClient:
         await self._http.aclose()
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = await self._http.post(path, content=orjson.dumps(body))
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timeout: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection failed: {exc!r}") from exc
+        response = await http.send(self._http, "POST", path, content=orjson.dumps(body))
         self._quotas = _quotas(response.headers)
         raise_for_status(response)
         if not response.content:

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import orjson
 
+from adapters.http import retry_after, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
@@ -54,8 +55,7 @@ def raise_for_status(response: httpx.Response) -> None:
         # which frees within seconds: the caller's own backoff fits it.
         raise RateLimited(DAILY_LIMIT_RETRY_AFTER if daily else None, response.text)
     if status == 429:  # not sent by Salesforce's API, but by proxies in front of it
-        retry_after = response.headers.get("Retry-After", "")
-        raise RateLimited(float(retry_after) if retry_after.isdigit() else None, response.text)
+        raise RateLimited(retry_after(response), response.text)
     if status >= 500:
         raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
     raise PermanentError(status, response.text)
@@ -154,12 +154,7 @@ class SalesforceClient:
             raise ValueError(f"{len(items)} records: Salesforce takes at most {self.max_batch}")
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = await self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timeout: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection failed: {exc!r}") from exc
+        response = await send(self._http, method, path, **kwargs)
         limit_info = response.headers.get("Sforce-Limit-Info")
         if limit_info is not None:
             self._quotas = parse_limit_info(limit_info)

@@ -14,6 +14,7 @@ from typing import Any
 
 import httpx
 
+from adapters.http import retry_after, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
@@ -59,14 +60,6 @@ def _error_of(response: httpx.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
 class RecordRefused(Exception):
     """Stripe refused this record's values (a 400 naming a `param`): the item's Outcome."""
 
@@ -86,7 +79,7 @@ def raise_for_status(response: httpx.Response) -> None:
     if status < 400:
         return
     if status == 429:
-        raise RateLimited(_retry_after(response), response.text)
+        raise RateLimited(retry_after(response), response.text)
     advice = response.headers.get("Stripe-Should-Retry")
     if advice == "true" or (advice is None and (status >= 500 or status == 409)):
         raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
@@ -186,14 +179,9 @@ class StripeClient:
         idempotency_key: str | None = None,
     ) -> httpx.Response:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        try:
-            if method == "POST":
-                return await self._http.post(path, data=dict(fields or []), headers=headers)
-            return await self._http.request(method, path, params=fields, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timeout: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection failed: {exc!r}") from exc
+        if method == "POST":
+            return await send(self._http, "POST", path, data=dict(fields or []), headers=headers)
+        return await send(self._http, method, path, params=fields, headers=headers)
 
 
 def _is_missing(response: httpx.Response) -> bool:

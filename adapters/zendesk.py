@@ -18,8 +18,9 @@ from typing import Any
 import httpx
 import orjson
 
+from adapters.http import raise_for_status, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
-from crmsync.errors import PermanentError, RateLimited, TransientError
+from crmsync.errors import PermanentError, TransientError
 
 __all__ = ["ZendeskClient"]
 
@@ -27,26 +28,6 @@ BATCH_LIMIT = 100  # Zendesk's maximum users per create_or_update_many / destroy
 WINDOW_SECONDS = 60.0  # Zendesk counts requests per minute
 _USERS = "/api/v2/users"
 _RUNNING = ("queued", "working")
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None
-
-
-def raise_for_status(response: httpx.Response) -> None:
-    """Translate an error response into the error tree (see crmsync.errors)."""
-    status = response.status_code
-    if status < 400:
-        return
-    if status == 429:
-        raise RateLimited(_retry_after(response), response.text)
-    if status >= 500:
-        raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
-    raise PermanentError(status, response.text)
 
 
 def user_body(properties: Mapping[str, Any]) -> dict[str, Any]:
@@ -197,12 +178,7 @@ class ZendeskClient:
     ) -> httpx.Response:
         content = None if body is None else orjson.dumps(body)
         headers = None if body is None else {"Content-Type": "application/json"}
-        try:
-            response = await self._http.request(method, path, content=content, headers=headers)
-        except httpx.TimeoutException as exc:
-            raise TransientError(f"timeout: {exc!r}") from exc
-        except httpx.TransportError as exc:
-            raise TransientError(f"connection failed: {exc!r}") from exc
+        response = await send(self._http, method, path, content=content, headers=headers)
         self._observe_quota(response)
         raise_for_status(response)
         return response
