@@ -19,6 +19,7 @@ vendor's API::
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -44,6 +45,8 @@ __all__ = [
     "SlidingWindowLimiter",
     "WebhookEmitter",
     "add_control_routes",
+    "emulator_parser",
+    "serve",
 ]
 
 log = logging.getLogger("crmsync.emulator")
@@ -417,3 +420,35 @@ def add_control_routes(app: web.Application, state: Emulated) -> None:
     )
     app.on_startup.append(state.webhooks.start)
     app.on_cleanup.append(state.webhooks.stop)
+
+
+# --------------------------------------------------------------------------------------------
+# Running one
+# --------------------------------------------------------------------------------------------
+
+
+def emulator_parser(
+    vendor: str, description: str, port: int, credential: str
+) -> argparse.ArgumentParser:
+    """The options every emulator takes; the vendor's module adds its quota and the like."""
+    parser = argparse.ArgumentParser(prog=f"python -m emulators.{vendor}", description=description)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--data", type=Path, help="SQLite file for the records (default: memory)")
+    parser.add_argument("--token", help=f"the only {credential} to accept (default: any)")
+    return parser
+
+
+def serve(
+    create_app: Callable[[DurableStore], web.Application],
+    host: str,
+    port: int,
+    data: Path | str | None,
+    **run_options: Any,
+) -> None:
+    """Serve the app over a store kept in `data` (SQLite; None: memory) until interrupted."""
+    store = DurableStore(data)
+    try:
+        web.run_app(create_app(store), host=host, port=port, access_log=None, **run_options)
+    finally:
+        store.close()

@@ -35,7 +35,6 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import orjson
@@ -49,10 +48,12 @@ from emulators.common import (
     SlidingWindowLimiter,
     WebhookEmitter,
     add_control_routes,
+    emulator_parser,
     outage_response,
+    serve,
 )
 
-__all__ = ["HubSpotEmulatorConfig", "create_app", "main", "run", "sign_webhook"]
+__all__ = ["HubSpotEmulatorConfig", "create_app", "main", "sign_webhook"]
 
 MAX_BATCH_INPUTS = 100
 DEFAULT_PAGE_SIZE = 10
@@ -1483,29 +1484,11 @@ def create_app(config: HubSpotEmulatorConfig, store: DurableStore | None = None)
     return app
 
 
-def run(
-    config: HubSpotEmulatorConfig,
-    host: str = "127.0.0.1",
-    port: int = 18080,
-    data: Path | str | None = None,
-) -> None:
-    """Serve the emulator until interrupted, keeping records in ``data`` (SQLite) if given."""
-    store = DurableStore(data)
-    try:
-        web.run_app(create_app(config, store), host=host, port=port, access_log=None)
-    finally:
-        store.close()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m emulators.hubspot",
-        description="Serve a local HubSpot CRM v3 API (contacts and companies).",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18080)
-    parser.add_argument("--data", type=Path, help="SQLite file for the records (default: memory)")
-    parser.add_argument("--token", help="the only bearer token to accept (default: any)")
+    parser = emulator_parser(
+        "hubspot", "Serve a local HubSpot CRM v3 API (contacts and companies).", 18080,
+        "bearer token",
+    )  # fmt: skip
     parser.add_argument(
         "--require-token",
         action=argparse.BooleanOptionalAction,
@@ -1528,7 +1511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "search_limit_per_second": args.search_rate_max,
     }
     config = HubSpotEmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
-    run(config, host=args.host, port=args.port, data=args.data)
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data)
 
 
 if __name__ == "__main__":

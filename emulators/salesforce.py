@@ -51,10 +51,12 @@ from emulators.common import (
     SlidingWindowLimiter,
     WebhookEmitter,
     add_control_routes,
+    emulator_parser,
     outage_response,
+    serve,
 )
 
-__all__ = ["SalesforceEmulatorConfig", "create_app", "main", "run"]
+__all__ = ["SalesforceEmulatorConfig", "create_app", "main"]
 
 OLDEST_API_VERSION = 20
 NEWEST_API_VERSION = 62
@@ -2076,32 +2078,11 @@ def _tls_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
     return context
 
 
-def run(
-    config: SalesforceEmulatorConfig,
-    host: str = "127.0.0.1",
-    port: int = 18081,
-    data: Path | str | None = None,
-    tls: ssl.SSLContext | None = None,
-) -> None:
-    """Serve the emulator until interrupted, keeping records in ``data`` (SQLite) if given."""
-    store = DurableStore(data)
-    try:
-        web.run_app(
-            create_app(config, store), host=host, port=port, access_log=None, ssl_context=tls
-        )
-    finally:
-        store.close()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m emulators.salesforce",
-        description="Serve a local Salesforce REST API (Contact and Account).",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18081)
-    parser.add_argument("--data", type=Path, help="SQLite file for the records (default: memory)")
-    parser.add_argument("--token", help="the only session id to accept (default: any)")
+    parser = emulator_parser(
+        "salesforce", "Serve a local Salesforce REST API (Contact and Account).", 18081,
+        "session id",
+    )  # fmt: skip
     parser.add_argument(
         "--require-token",
         action=argparse.BooleanOptionalAction,
@@ -2131,7 +2112,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     config = SalesforceEmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
     tls = _tls_context(args.tls_cert, args.tls_key)
-    run(config, host=args.host, port=args.port, data=args.data, tls=tls)
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data,
+          ssl_context=tls)  # fmt: skip
 
 
 if __name__ == "__main__":

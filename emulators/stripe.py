@@ -19,7 +19,6 @@ Run it with ``python -m emulators.stripe --port 12111 --data stripe.sqlite``.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import copy
@@ -44,7 +43,9 @@ from emulators.common import (
     SlidingWindowLimiter,
     WebhookEmitter,
     add_control_routes,
+    emulator_parser,
     outage_response,
+    serve,
 )
 
 __all__ = ["StripeEmulatorConfig", "StripeEmulatorState", "create_app", "main", "sign_payload"]
@@ -1521,19 +1522,10 @@ async def _close(store: DurableStore) -> None:
     store.close()
 
 
-def run(config: StripeEmulatorConfig, store: DurableStore, host: str, port: int) -> None:
-    """Serve the emulator until interrupted."""
-    web.run_app(create_app(config, store), host=host, port=port, access_log=None, print=None)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m emulators.stripe", description="Serve a local Stripe customers API."
+    parser = emulator_parser(
+        "stripe", "Serve a local Stripe customers API.", 12111, "secret API key"
     )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=12111)
-    parser.add_argument("--data", help="SQLite file keeping the account (default: in memory)")
-    parser.add_argument("--token", help="the only secret API key to accept (default: any)")
     parser.add_argument("--live-reads", type=int, help="live-mode reads per second (100)")
     parser.add_argument("--live-writes", type=int, help="live-mode writes per second (100)")
     parser.add_argument("--test-reads", type=int, help="test-mode reads per second (25)")
@@ -1551,7 +1543,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "search_lag_seconds": args.search_lag,
     }
     config = StripeEmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
-    run(config, DurableStore(args.data), args.host, args.port)
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data, print=None)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,6 @@ an update adds a secondary email identity, the primary stays); phone numbers are
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import binascii
@@ -59,7 +58,9 @@ from emulators.common import (
     SlidingWindowLimiter,
     WebhookEmitter,
     add_control_routes,
+    emulator_parser,
     outage_response,
+    serve,
 )
 
 __all__ = ["ZendeskEmulatorConfig", "create_app", "main", "sign_webhook"]
@@ -1736,14 +1737,10 @@ def create_app(config: ZendeskEmulatorConfig, store: DurableStore) -> web.Applic
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="python -m emulators.zendesk",
-        description="Serve a local Zendesk Support API (users, organizations, job statuses).",
-    )
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=18082)
-    parser.add_argument("--data", help="SQLite file to keep records in (default: memory only)")
-    parser.add_argument("--token", help="the only API token to accept (default: any)")
+    parser = emulator_parser(
+        "zendesk", "Serve a local Zendesk Support API (users, organizations, job statuses).",
+        18082, "API token",
+    )  # fmt: skip
     parser.add_argument("--plan", choices=sorted(PLAN_LIMITS), default="team")
     parser.add_argument("--rate-limit", type=int, help="requests per window (default: the plan's)")
     parser.add_argument("--rate-window", type=float, default=60.0, help="seconds (default: 60)")
@@ -1765,11 +1762,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         user_fields=tuple(args.user_field) if args.user_field else None,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    store = DurableStore(args.data)
-    try:
-        web.run_app(create_app(config, store), host=args.host, port=args.port, access_log=None)
-    finally:
-        store.close()
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data)
 
 
 if __name__ == "__main__":
