@@ -5,6 +5,9 @@ Upserts go to ``batch/upsert`` keyed by crmsync's id property, each input tagged
 ``objectWriteTraceId`` so HubSpot answers per input (a 207 names the inputs it refused) instead
 of failing the whole batch for one bad record. Archives go to ``batch/archive``, which answers
 204 whether or not the records still exist.
+
+The inbound side (adapters.inbound) reads through the same client: ``batch/read`` for the
+contacts webhook events name, ``search`` by modification time for polling.
 """
 
 from __future__ import annotations
@@ -21,9 +24,20 @@ from adapters import http
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import TransientError
 
-__all__ = ["BATCH_LIMIT", "HubSpotClient", "encode_value", "raise_for_status"]
+__all__ = [
+    "BATCH_LIMIT",
+    "SEARCH_PAGE_LIMIT",
+    "SEARCH_REQUESTS_PER_SECOND",
+    "SEARCH_RESULT_CAP",
+    "HubSpotClient",
+    "encode_value",
+    "raise_for_status",
+]
 
 BATCH_LIMIT = 100  # HubSpot's maximum inputs per batch request
+SEARCH_PAGE_LIMIT = 200  # HubSpot's maximum results per search page
+SEARCH_RESULT_CAP = 10_000  # a search query pages through at most this many results
+SEARCH_REQUESTS_PER_SECOND = 5  # the search endpoints' own limit, per portal
 DAY = 86_400.0
 
 
@@ -119,6 +133,9 @@ class HubSpotClient:
         )
         self._objects = f"/crm/v3/objects/{object_type}"
         self.id_property = id_property
+        #: The property HubSpot sets on every change of this object type (searchable).
+        contacts = object_type == "contacts"
+        self.modified_property = "lastmodifieddate" if contacts else "hs_lastmodifieddate"
         self._quotas: list[Quota] = []
         self.pace = no_pacing  # one request per call: nothing further to pace
 
@@ -151,6 +168,47 @@ class HubSpotClient:
             inputs = [{"id": item.external_id} for item in items]
             await self._post(f"{self._objects}/batch/archive", {"inputs": inputs})
         return [Outcome(item.customer_id, external_id=item.external_id) for item in items]
+
+    async def read(
+        self, ids: list[str], properties: list[str], *, archived: bool = False
+    ) -> list[dict[str, Any]]:
+        """The objects with these ids (at most BATCH_LIMIT) exactly as ``batch/read`` returns
+        them, with `properties`; ids HubSpot has not, live (or with `archived`, archived),
+        are left out (HubSpot names them in a 207's errors)."""
+        if not ids:
+            return []
+        path = f"{self._objects}/batch/read?archived={'true' if archived else 'false'}"
+        body = {"inputs": [{"id": i} for i in ids], "properties": properties}
+        answer = await self._post(path, body)
+        return [r for r in answer.get("results", []) if isinstance(r, dict)]
+
+    async def search_modified_since(
+        self,
+        since_ms: int,
+        properties: list[str],
+        *,
+        after: str | None = None,
+        limit: int = SEARCH_PAGE_LIMIT,
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the live objects modified at or after `since_ms` (epoch ms), oldest
+        change first, and the next page's ``after`` (None on the last page). A query pages
+        through at most SEARCH_RESULT_CAP results: past that, search again from the last
+        modification time seen."""
+        body: dict[str, Any] = {
+            "filterGroups": [{"filters": [
+                {"propertyName": self.modified_property, "operator": "GTE",
+                 "value": str(since_ms)},
+            ]}],
+            "sorts": [{"propertyName": self.modified_property, "direction": "ASCENDING"}],
+            "properties": properties,
+            "limit": limit,
+        }  # fmt: skip
+        if after is not None:
+            body["after"] = after
+        answer = await self._post(f"{self._objects}/search", body)
+        results = [r for r in answer.get("results", []) if isinstance(r, dict)]
+        next_after = answer.get("paging", {}).get("next", {}).get("after")
+        return results, None if next_after is None else str(next_after)
 
     def quotas(self) -> list[Quota]:
         return list(self._quotas)

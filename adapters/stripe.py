@@ -5,6 +5,8 @@ crmsync recorded for it; the canonical id also rides in ``metadata[crmsync_id]``
 whose link was lost can be found again by search. Creates carry an idempotency key derived
 from the canonical id alone, so a create replayed after a crash (the request succeeded, the
 link was never recorded) returns the same Stripe customer instead of making a second one.
+
+The inbound side (adapters.inbound) polls ``GET /v1/events`` through the same client.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ from adapters.http import retry_after, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
-__all__ = ["StripeClient", "encode_properties"]
+__all__ = ["EVENTS_PAGE_LIMIT", "StripeClient", "encode_properties"]
 
 #: Pinned so a change of the account's default API version cannot change what we parse.
 STRIPE_VERSION = "2026-10-28.endive"
 ID_METADATA_KEY = "crmsync_id"
+EVENTS_PAGE_LIMIT = 100  # Stripe's maximum `limit` on list endpoints
 _CUSTOMERS = "/v1/customers"
+_EVENTS = "/v1/events"
 
 
 def encode_properties(properties: Mapping[str, Any]) -> list[tuple[str, str]]:
@@ -117,6 +121,31 @@ class StripeClient:
                 raise_for_status(response)
             outcomes.append(Outcome(item.customer_id, item.external_id))
         return outcomes
+
+    async def list_events(
+        self,
+        types: list[str],
+        *,
+        ending_before: str | None = None,
+        starting_after: str | None = None,
+        limit: int = EVENTS_PAGE_LIMIT,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """One page of ``GET /v1/events`` of these types, newest first as Stripe lists them,
+        and whether more follow. `ending_before` pages towards newer events (the page holds
+        the `limit` events just after that one), `starting_after` towards older ones. An
+        event id Stripe no longer has (it keeps 30 days) is a 404 PermanentError."""
+        params = [("types[]", kind) for kind in types] + [("limit", str(limit))]
+        if ending_before is not None:
+            params.append(("ending_before", ending_before))
+        if starting_after is not None:
+            params.append(("starting_after", starting_after))
+        response = await self._request("GET", _EVENTS, params)
+        try:
+            raise_for_status(response)
+        except RecordRefused as refused:  # a parameter refused: nothing per record here
+            raise PermanentError(response.status_code, refused.body) from None
+        page = response.json()
+        return list(page["data"]), bool(page["has_more"])
 
     def quotas(self) -> list[Quota]:
         return []  # Stripe reports no quota headers

@@ -6,6 +6,9 @@ each by ``external_id``, the canonical customer id, else by email) and archives 
 background, so the client polls ``job_statuses/{id}`` with a doubling delay until the job has
 completed, then reads one result per user. Polls count against the same per-minute quota as
 every other request, hence the sparing delays.
+
+The inbound side (adapters.inbound) reads through the same client: ``users/show_many`` for the
+users webhook events name, the cursor-based incremental user export for polling.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import asyncio
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 import orjson
@@ -22,10 +26,11 @@ from adapters.http import raise_for_status, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, TransientError
 
-__all__ = ["ZendeskClient"]
+__all__ = ["BATCH_LIMIT", "EXPORT_REQUESTS_PER_MINUTE", "ZendeskClient"]
 
-BATCH_LIMIT = 100  # Zendesk's maximum users per create_or_update_many / destroy_many
+BATCH_LIMIT = 100  # Zendesk's maximum users per create_or_update_many / destroy_many / show_many
 WINDOW_SECONDS = 60.0  # Zendesk counts requests per minute
+EXPORT_REQUESTS_PER_MINUTE = 10  # the incremental export endpoints' own limit
 _USERS = "/api/v2/users"
 _RUNNING = ("queued", "working")
 
@@ -135,6 +140,27 @@ class ZendeskClient:
             else:
                 outcomes.append(Outcome(item.customer_id, error=_error_text(result)))
         return outcomes
+
+    async def show_many(self, ids: list[str]) -> list[dict[str, Any]]:
+        """The users with these ids (at most BATCH_LIMIT), deleted ones included (``active:
+        false``), exactly as ``users/show_many`` returns them; unknown ids are left out."""
+        if not ids:
+            return []
+        response = await self._request("GET", f"{_USERS}/show_many.json?ids={','.join(ids)}")
+        users: list[dict[str, Any]] = response.json()["users"]
+        return users
+
+    async def export_users(
+        self, *, start_time: int | None = None, cursor: str | None = None
+    ) -> dict[str, Any]:
+        """One page of the cursor-based incremental user export: from `start_time` (epoch
+        seconds) on the first call, then from the previous page's ``after_cursor``. The
+        answer holds ``users`` (deleted ones included), ``after_cursor`` and
+        ``end_of_stream``. Zendesk allows EXPORT_REQUESTS_PER_MINUTE of these."""
+        query = urlencode({"cursor": cursor} if cursor is not None else {"start_time": start_time})
+        response = await self._request("GET", f"/api/v2/incremental/users/cursor.json?{query}")
+        page: dict[str, Any] = response.json()
+        return page
 
     def quotas(self) -> list[Quota]:
         return list(self._quotas)

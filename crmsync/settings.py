@@ -65,6 +65,21 @@ class Settings(BaseSettings):
     # the circuit breaker, for this long before it is dead-lettered for `crmsync dlq replay`.
     retry_give_up_seconds: float = Field(default=600.0, gt=0)
 
+    # The inbound side (in each adapter process): a webhook receiver per target on loopback
+    # (put a TLS proxy in front for real vendors), and incremental polling as its backstop.
+    crm_webhook_port: int = 19201
+    billing_webhook_port: int = 19202
+    support_webhook_port: int = 19203
+    # Each vendor's webhook signing secret (HubSpot: the app's client secret; Stripe: the
+    # endpoint's `whsec_...`; Zendesk: the webhook's signing secret). Never logged.
+    crm_webhook_secret: SecretStr = SecretStr("local-dev-webhook-secret")
+    billing_webhook_secret: SecretStr = SecretStr("whsec_crmsync_local_dev")
+    support_webhook_secret: SecretStr = SecretStr("local-dev-webhook-secret")
+    # A delivery signed further than this from now is refused as stale (and replays are
+    # remembered only this long).
+    webhook_tolerance_seconds: float = Field(default=300.0, gt=0)
+    poll_interval_seconds: float = Field(default=30.0, gt=0)
+
     ownership_file: Path = PROJECT_ROOT / "config" / "ownership.toml"
     mapping_file: Path = PROJECT_ROOT / "config" / "mapping.toml"
     connector_file: Path = PROJECT_ROOT / "connect" / "crmsync-postgres.json"
@@ -142,6 +157,18 @@ class Settings(BaseSettings):
             "billing": self.billing_adapter_metrics_port,
             "support": self.support_adapter_metrics_port,
         }[target]
+
+    def webhook_port_of(self, target: str) -> int:
+        port: int = getattr(self, f"{target}_webhook_port")
+        return port
+
+    def webhook_secret_of(self, target: str) -> SecretStr:
+        secret: SecretStr = getattr(self, f"{target}_webhook_secret")
+        return secret
+
+    def webhook_url_of(self, target: str) -> str:
+        """Where the target's receiver listens (what an emulator is subscribed to)."""
+        return f"http://127.0.0.1:{self.webhook_port_of(target)}/webhooks/{self.vendor(target)}"
 
     @property
     def crm_url(self) -> str:

@@ -29,7 +29,7 @@ from crmsync.errors import PrerequisiteMissing
 from crmsync.postgres import LocalPostgres, find_pg_bindir
 from crmsync.settings import Settings
 
-__all__ = ["Stack", "check_prerequisites", "read_stack_file"]
+__all__ = ["Stack", "check_prerequisites", "read_stack_file", "subscribe_webhooks"]
 
 log = logging.getLogger("crmsync.stack")
 
@@ -138,6 +138,7 @@ class Stack:
             self.spawn(name)
         for target in self.emulators().values():
             wait_for_http(f"{self.settings.target_url(target)}/_emulator/stats")
+        subscribe_webhooks(self.settings)
         for name in PIPELINE:
             self.spawn(name)
 
@@ -217,6 +218,32 @@ def terminate(pid: int, timeout: float = 15.0) -> None:
             os.killpg(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+#: The vendors whose edits the adapter process receives by webhook (adapters.inbound).
+INBOUND_VENDORS = ("hubspot", "stripe", "zendesk")
+
+
+def subscribe_webhooks(settings: Settings) -> list[str]:
+    """Subscribe each emulated target's emulator to its adapter's webhook receiver, signed with
+    the target's webhook secret (idempotent: a subscription is replaced by its URL). Returns
+    the receiver URLs subscribed. Real vendors are subscribed in their own consoles."""
+    import httpx
+
+    subscribed = []
+    for target in TARGETS:
+        if not settings.emulated(target) or settings.vendor(target) not in INBOUND_VENDORS:
+            continue
+        url = settings.webhook_url_of(target)
+        secret = settings.webhook_secret_of(target).get_secret_value()
+        response = httpx.post(
+            f"{settings.target_url(target)}/_emulator/webhooks",
+            json={"url": url, "secret": secret},
+            timeout=10,
+        )
+        response.raise_for_status()
+        subscribed.append(url)
+    return subscribed
 
 
 def wait_for_http(url: str, timeout: float = 30.0) -> None:

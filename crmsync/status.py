@@ -185,6 +185,12 @@ def _targets(settings: Settings, components: dict[str, Any]) -> dict[str, Any]:
             "breaker": "open" if metrics.get("adapter_breaker_open") else "closed",
             "breaker_opened": metrics.get("adapter_breaker_opened", 0.0),
             "delivered": metrics.get("adapter_delivered", 0.0),
+            "inbound": {  # the target's own edits coming back (adapters.inbound)
+                "webhooks_accepted": metrics.get("inbound_webhooks_accepted", 0.0),
+                "webhooks_rejected": metrics.get("inbound_webhooks_rejected", 0.0),
+                "polled": metrics.get("inbound_polled_objects", 0.0),
+                "staged": metrics.get("inbound_staging_writes", 0.0),
+            },
             "links": database.get(target, {}).get("links"),
             "dead_letters_open": database.get(target, {}).get("dead_letters_open"),
         }

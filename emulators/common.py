@@ -14,6 +14,7 @@ vendor's API::
     GET  /_emulator/faults
     POST /_emulator/webhooks {"url": ..., "secret": ...}   subscribe to the vendor's webhooks
     GET  /_emulator/webhooks
+    DELETE /_emulator/webhooks             unsubscribe every webhook (deliveries stop)
     POST /_emulator/reset                  forget every record, fault and subscription
 """
 
@@ -402,6 +403,10 @@ def add_control_routes(app: web.Application, state: Emulated) -> None:
     async def get_webhooks(_: web.Request) -> web.Response:
         return _json(200, {"subscriptions": [str(s.url) for s in state.webhooks.subscriptions]})
 
+    async def delete_webhooks(_: web.Request) -> web.Response:
+        state.webhooks.clear()
+        return _json(200, {"subscriptions": []})
+
     async def post_reset(_: web.Request) -> web.Response:
         state.reset()
         state.faults.set(Faults())
@@ -415,6 +420,7 @@ def add_control_routes(app: web.Application, state: Emulated) -> None:
             web.post("/_emulator/faults", post_faults),
             web.get("/_emulator/webhooks", get_webhooks),
             web.post("/_emulator/webhooks", post_webhooks),
+            web.delete("/_emulator/webhooks", delete_webhooks),
             web.post("/_emulator/reset", post_reset),
         ]
     )

@@ -26,7 +26,8 @@ def test_up_status_down(tmp_path: Path) -> None:
             "PG_PORT", "BROKER_PORT", "EMULATOR_PORT", "BILLING_EMULATOR_PORT",
             "SUPPORT_EMULATOR_PORT", "CAPTURE_METRICS_PORT", "STREAMS_METRICS_PORT",
             "ADAPTER_METRICS_PORT", "BILLING_ADAPTER_METRICS_PORT",
-            "SUPPORT_ADAPTER_METRICS_PORT")},
+            "SUPPORT_ADAPTER_METRICS_PORT", "CRM_WEBHOOK_PORT", "BILLING_WEBHOOK_PORT",
+            "SUPPORT_WEBHOOK_PORT")},
     }  # fmt: skip
     cli = [sys.executable, "-m", "crmsync.cli"]
     up = subprocess.Popen(

@@ -186,6 +186,9 @@ def stack_settings(state_dir: Path, emulator: Emulator | None, **overrides: Any)
         "adapter_metrics_port": free_port(),
         "billing_adapter_metrics_port": free_port(),
         "support_adapter_metrics_port": free_port(),
+        "crm_webhook_port": free_port(),
+        "billing_webhook_port": free_port(),
+        "support_webhook_port": free_port(),
     }
     return Settings(**{**values, **overrides})
 
