@@ -25,6 +25,7 @@ class Write:
     desired_hash: str
     full: bool
     lane: Lane
+    force: bool = False
     commands: list[Command] = field(default_factory=list)
     #: False when what this write leaves in the target is not exactly `desired_hash` (it was
     #: sent without the whole record): the link then records the target's state as unknown.
@@ -40,6 +41,7 @@ class Write:
         self.properties.update(command.properties)
         self.desired_hash = command.desired_hash
         self.full = self.full or command.full
+        self.force = self.force or command.force
         self.lane = min(self.lane, command.lane, key=LANES.index)
         self.commands.append(command)
 
@@ -61,6 +63,7 @@ def plan_writes(commands: list[Command]) -> list[list[Write]]:
                     desired_hash=command.desired_hash,
                     full=command.full,
                     lane=command.lane,
+                    force=command.force,
                     commands=[command],
                 )
             )

@@ -9,6 +9,9 @@ quota throttle, retried on 429/5xx/timeouts. What the target refuses is dead-let
 (`sync.dead_letters`, mirrored onto the dead-letter topic by Debezium) without holding up the
 rest; then the offsets are committed. Delivery is at-least-once; upserts by the external key
 (Stripe: idempotency keys) make it effectively once.
+
+`run_adapter` also runs the target's inbound side (adapters.inbound) in the same process, so
+its reads go through the same `TargetAdapter.call` and count against the same quota.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from pydantic import ValidationError
 
 from adapters.breaker import CircuitBreaker
 from adapters.clients import make_client
+from adapters.inbound import build_inbound, run_all
 from adapters.plan import Write, plan_writes
 from adapters.ratelimit import RequestWindow, Throttle
 from adapters.retry import RetryPolicy
@@ -47,7 +51,7 @@ from crmsync.rules import SyncRules, load_rules
 from crmsync.settings import Settings
 from crmsync.targets import DAY, TargetPlan, load_plan
 
-__all__ = ["TargetAdapter", "run_adapter", "throttle_for"]
+__all__ = ["TargetAdapter", "consume_commands", "run_adapter", "throttle_for"]
 
 log = logging.getLogger("crmsync.adapter")
 T = TypeVar("T")
@@ -150,7 +154,7 @@ class TargetAdapter:
         upserts, archives = [], []
         for write in wave:
             link = links.get(write.customer_id)
-            if link is not None and link.pushed_hash == write.desired_hash:
+            if link is not None and link.pushed_hash == write.desired_hash and not write.force:
                 SKIPPED.labels(self.target).inc()
             elif write.action == "upsert":
                 upserts.append(write)
@@ -357,7 +361,13 @@ class TargetAdapter:
         DEAD.labels(self.target).inc()
 
 
-async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> None:
+async def run_adapter(
+    settings: Settings, target: str, stop: asyncio.Event, *, inbound: bool = True
+) -> None:
+    """The target's adapter process: the outbound consumer and, where the vendor has one, the
+    inbound side (adapters.inbound: webhook receiver, inbox drain, poller), concurrently and
+    through one breaker and throttle, so inbound reads and outbound writes share the quota.
+    Returns when `stop` is set; if either side fails, the other is stopped and it raises."""
     topics = Topics(settings.topic_prefix)
     plan = load_plan(settings, target)
     rules = load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
@@ -386,11 +396,27 @@ async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> N
         CircuitBreaker(),
         plan.concurrency,
     )
-    await consumer.start()
+    side = build_inbound(settings, target, adapter.call, client, rules) if inbound else None
     log.info(
         "%s adapter consuming %s -> %s (%s, plan %s)",
         target, topics.commands(target), settings.target_url(target), plan.vendor, plan.plan,
     )  # fmt: skip
+    try:
+        loops = [consume_commands(consumer, adapter, stop)]
+        if side is not None:
+            loops.append(side.run(stop))
+        await run_all(loops, stop)
+    finally:
+        await client.aclose()
+        await conn.close()
+
+
+async def consume_commands(
+    consumer: AIOKafkaConsumer, adapter: TargetAdapter, stop: asyncio.Event
+) -> None:
+    """Join the group (the inbound side meanwhile already runs), then deliver each batch of
+    commands and commit its offsets, until `stop`."""
+    await consumer.start()
     try:
         while not stop.is_set():
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
@@ -403,5 +429,3 @@ async def run_adapter(settings: Settings, target: str, stop: asyncio.Event) -> N
                     log.warning("offset commit failed, records will be redelivered: %s", exc)
     finally:
         await consumer.stop()
-        await client.aclose()
-        await conn.close()

@@ -64,7 +64,13 @@ class Topics:
         return f"__debezium-heartbeat.{self.prefix}"
 
     def commands(self, target: str) -> str:
+        """Per target, and `canonical` for write-backs into public.customers."""
         return f"crmsync.commands.{target}"
+
+    @property
+    def inbound(self) -> str:
+        """Staged target records routed to their customer (keyed like the customers topic)."""
+        return "crmsync.inbound"
 
     @property
     def changes(self) -> str:
@@ -82,7 +88,8 @@ class Topics:
         return [
             *(self.cdc(table) for table in CDC_TABLES),
             self.heartbeat,
-            *(self.commands(target) for target in TARGETS),
+            *(self.commands(target) for target in (*TARGETS, "canonical")),
+            self.inbound,
             self.changes,
             self.state_changelog,
         ]

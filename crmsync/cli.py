@@ -171,7 +171,8 @@ def sample(count: Annotated[int, typer.Argument(help="How many customers.")] = 1
 def adapter(
     target: Annotated[str, typer.Argument(help="crm, billing or support.")],
 ) -> None:
-    """Deliver crmsync.commands.<target> to that target's API."""
+    """Deliver crmsync.commands.<target> to that target's API, and bring the target's own
+    edits into its staging table (webhook receiver and polling) through the same quota."""
     from prometheus_client import start_http_server
 
     from adapters.worker import run_adapter
@@ -262,6 +263,81 @@ def dlq_replay(
         console.print(f"  not replayed: {letter_id}: {reason}")
     if report.not_replayed:
         raise typer.Exit(1)
+
+
+review_app = typer.Typer(help="Conflicts waiting for a person.", no_args_is_help=True)
+app.add_typer(review_app, name="review")
+
+
+@review_app.command("list")
+def review_list(
+    all_: Annotated[bool, typer.Option("--all", help="Include resolved items.")] = False,
+    limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Open conflicts (oldest first): the field, both values and where each came from."""
+    from rich.table import Table
+
+    from crmsync.review import list_items
+
+    items = list_items(_settings().dsn, everything=all_, limit=limit)
+    if as_json:
+        sys.stdout.write(orjson.dumps(items, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title=f"{len(items)} review items")
+    for column in ("id", "created", "customer", "field", "current", "incoming", "resolved"):
+        table.add_column(column)
+    for item in items:
+        proposed = item["proposed"]
+        current, incoming = proposed.get("current", {}), proposed.get("incoming", {})
+        decided = item["decision"] or {}
+        table.add_row(
+            str(item["id"]), f"{item['created_at']:%m-%d %H:%M:%S}", item["customer_id"] or "",
+            proposed.get("field", ""),
+            f"{current.get('system')}: {current.get('value')!r}",
+            f"{incoming.get('system')}: {incoming.get('value')!r}",
+            f"{decided.get('value')!r} by {item['resolved_by']}" if item["resolved_at"] else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@review_app.command("show")
+def review_show(item_id: Annotated[int, typer.Argument(help="The review item's id.")]) -> None:
+    """One review item in full."""
+    from crmsync.review import show_item
+
+    item = show_item(_settings().dsn, item_id)
+    if item is None:
+        console.print(f"no review item {item_id}")
+        raise typer.Exit(1)
+    sys.stdout.write(orjson.dumps(item, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+@review_app.command("resolve")
+def review_resolve(
+    item_id: Annotated[int, typer.Argument(help="The review item's id.")],
+    keep: Annotated[
+        str | None, typer.Option(help="Keep one side's value: current or incoming.")
+    ] = None,
+    value: Annotated[str | None, typer.Option(help="Or set this value instead.")] = None,
+    by: Annotated[str, typer.Option(help="Who decided (recorded).")] = os.environ.get(
+        "USER", "unknown"
+    ),
+) -> None:
+    """Settle a conflict: the chosen value is applied in every system."""
+    from crmsync.review import ReviewError, resolve
+
+    if keep not in (None, "current", "incoming"):
+        raise typer.BadParameter("--keep takes current or incoming")
+    try:
+        resolution = resolve(_settings(), item_id, choice=keep, value=value, by=by)  # type: ignore[arg-type]
+    except ReviewError as exc:
+        console.print(f"not resolved: {exc}")
+        raise typer.Exit(1) from None
+    console.print(
+        f"resolved {item_id}: {resolution.field} = {resolution.value!r} for customer"
+        f" {resolution.customer_id}; every system is being updated"
+    )
 
 
 EMULATORS = ("hubspot", "salesforce", "stripe", "zendesk")

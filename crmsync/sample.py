@@ -81,7 +81,8 @@ def insert_customers(dsn: str, count: int, seed: int | None = None) -> int:
 
 
 def touch_random_customer(dsn: str, rng: random.Random) -> None:
-    """Keep sample data flowing: a plan change, a new lead or a phone edit."""
+    """Keep sample data flowing the way apps do: a new lead, a consent change or a customer
+    updating their own phone number (plans and stages are the CRM's to change)."""
     with psycopg.connect(dsn) as conn:
         choice = rng.random()
         if choice < 0.3:
@@ -89,9 +90,9 @@ def touch_random_customer(dsn: str, rng: random.Random) -> None:
             insert_customers(dsn, 1, rng.randrange(10**9))
             return
         column, value = (
-            ("plan_tier", rng.choice(["free", "pro", "enterprise"]))
-            if choice < 0.7
-            else ("lifecycle_stage", rng.choice(["lead", "trial", "customer"]))
+            ("consent_email", rng.random() < 0.5)
+            if choice < 0.6
+            else ("phone", f"+1 (212) 555-{rng.randint(1000, 9999)}")
         )
         conn.execute(
             f"update public.customers set {column} = %s where id = "

@@ -1,8 +1,15 @@
-"""The Faust app (`faust -A streams.app worker`): the ingest agent and the per-customer state table.
+"""The Faust app (`faust -A streams.app worker`): the agents and the per-customer state table.
 
-The agent parses each CDC record, folds it into the customer's state with the pure
-`crmsync.domain.decide.apply`, writes the state back and sends the resulting commands and change
-event. A record that cannot be parsed is dead-lettered (to `sync.dead_letters`, which Debezium
+- `stage` reads the staging mirrors' CDC records (changes made in a target), finds each
+  record's customer and routes it onto `crmsync.inbound`, keyed like the customers topic so
+  that both land on the same partition as the customer's state.
+- `ingest` folds canonical changes and inbound ones into the customer's state with the pure
+  `crmsync.domain.decide.apply`, and sends the resulting commands, write-back and change
+  event; refused changes and conflicts go to `sync.audit_log` and `sync.review_queue`.
+- `write_back` writes golden values into `public.customers`; `audit` records every applied
+  change from the change feed in `sync.audit_log`.
+
+A record that cannot be parsed is dead-lettered (to `sync.dead_letters`, which Debezium
 mirrors onto the dead-letter topic) and the stream goes on.
 """
 
@@ -14,18 +21,29 @@ import logging
 from typing import Any
 
 import faust
+import orjson
 import psycopg
 from faust.types import Message
 from prometheus_client import Counter, start_http_server
+from pydantic import ValidationError
 
 from crmsync.broker import STATE_TABLE, STREAMS_APP_ID, Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
-from crmsync.domain.decide import CustomerState, Decision, apply
-from crmsync.domain.events import parse_customer_event
+from crmsync.domain.decide import CustomerState, Decision, GoldenChange, WriteBack, apply
+from crmsync.domain.events import CustomerChange, parse_customer_event
+from crmsync.domain.inbound import (
+    STAGING_TABLES,
+    InboundChange,
+    Resolution,
+    parse_inbound,
+    parse_staging_event,
+)
 from crmsync.errors import ValidationFailed
+from crmsync.journal import record_applied, record_attempts
 from crmsync.logs import logging_config
 from crmsync.rules import load_rules
 from crmsync.settings import load_settings
+from crmsync.writeback import write_back as write_rows_back
 
 __all__ = ["app"]
 
@@ -51,34 +69,48 @@ app = faust.App(
 )
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-customers_cdc = app.topic(topics.customers_cdc, partitions=settings.partitions, **RAW)
-commands = {t: app.topic(topics.commands(t), partitions=settings.partitions, **RAW)
-            for t in rules.mappings}  # fmt: skip
-changes = app.topic(topics.changes, partitions=settings.partitions, **RAW)
+
+
+def _topic(*names: str) -> faust.TopicT:
+    return app.topic(*names, partitions=settings.partitions, **RAW)
+
+
+# Canonical changes and inbound ones share the ingest agent; both are keyed {"id": <customer>}.
+changes_in = _topic(topics.customers_cdc, topics.inbound)
+inbound = _topic(topics.inbound)
+staged_systems = {topics.cdc(table): system for system, table in STAGING_TABLES.items()
+                  if system in rules.mappings}  # fmt: skip
+staging_cdc = _topic(*staged_systems)
+commands = {t: _topic(topics.commands(t)) for t in rules.mappings}
+writebacks = _topic(topics.commands("canonical"))
+changes = _topic(topics.changes)
 
 # Keys and values use the app's default JSON codec; values are CustomerState dumps.
 customers = app.Table(STATE_TABLE, default=None, partitions=settings.partitions)
 
 EVENTS = Counter("crmsync_streams_events", "CDC records consumed", ["op"])
+INBOUND = Counter("crmsync_streams_inbound", "Target records staged", ["system", "outcome"])
 COMMANDS = Counter("crmsync_streams_commands", "Commands emitted", ["target", "action"])
 CHANGES = Counter("crmsync_streams_changes", "Golden-record changes published")
+REFUSED = Counter("crmsync_streams_refused", "Changes not applied", ["system", "outcome"])
+WRITTEN_BACK = Counter("crmsync_streams_written_back", "Fields written to public.customers")
 DEAD = Counter("crmsync_streams_dead_letters", "Records dead-lettered at ingest")
 
 
-class DeadLetterSink:
-    """Writes ingest failures to `sync.dead_letters`; one connection per worker."""
+class Database:
+    """One lazily opened connection, used by one agent at a time."""
 
     def __init__(self) -> None:
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self.lock = asyncio.Lock()
 
-    async def send(self, letter: DeadLetter) -> None:
+    async def conn(self) -> psycopg.AsyncConnection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-        await insert_dead_letter(self._conn, letter)
-        DEAD.inc()
+        return self._conn
 
 
-sink = DeadLetterSink()
+ingest_db, stage_db, write_back_db, audit_db = Database(), Database(), Database(), Database()
 
 
 @app.task
@@ -86,9 +118,23 @@ async def serve_metrics() -> None:
     start_http_server(settings.streams_metrics_port, addr="127.0.0.1")
 
 
-def decide(message: Message) -> tuple[str, Decision] | None:
-    """Parse one CDC record and fold it into its customer's state (None for a tombstone).
-    The new state is returned, not stored: see `ingest` for when it may be."""
+async def dead_letter(message: Message, error: str, db: Database = ingest_db) -> None:
+    letter = DeadLetter(
+        stage="ingest",
+        key=(message.key or b"").decode("utf-8", errors="replace"),
+        payload=DeadLetter.payload_of(message.value),
+        error=error,
+        source={"topic": message.topic, "partition": message.partition,
+                "offset": message.offset},
+    )  # fmt: skip
+    async with db.lock:
+        await insert_dead_letter(await db.conn(), letter)
+    DEAD.inc()
+
+
+def parse(message: Message) -> CustomerChange | InboundChange | Resolution | None:
+    if message.topic == topics.inbound:
+        return parse_inbound(message.value)
     change = parse_customer_event(
         message.key,
         message.value,
@@ -96,34 +142,33 @@ def decide(message: Message) -> tuple[str, Decision] | None:
         partition=message.partition,
         offset=message.offset,
     )
-    if change is None:  # tombstone: the delete before it did the work
+    if change is not None:
+        EVENTS.labels(change.op).inc()
+    return change  # None: a tombstone; the delete before it did the work
+
+
+def decide(message: Message) -> tuple[str, Decision] | None:
+    """Parse one record and fold it into its customer's state (None: nothing to do).
+    The new state is returned, not stored: see `ingest` for when it may be."""
+    change = parse(message)
+    if change is None:
         return None
-    EVENTS.labels(change.op).inc()
     raw_state = customers.get(change.customer_id)
     state = CustomerState.model_validate(raw_state) if raw_state else None
-    return change.customer_id, apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
+    decision = apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
+    if decision is None:
+        INBOUND.labels(change.source.system, "unknown customer").inc()
+        return None
+    return change.customer_id, decision
 
 
-async def dead_letter(message: Message, error: str) -> None:
-    await sink.send(
-        DeadLetter(
-            stage="ingest",
-            key=(message.key or b"").decode("utf-8", errors="replace"),
-            payload=DeadLetter.payload_of(message.value),
-            error=error,
-            source={"topic": message.topic, "partition": message.partition,
-                    "offset": message.offset},
-        )
-    )  # fmt: skip
-
-
-@app.agent(customers_cdc)
+@app.agent(changes_in)
 async def ingest(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.events():
         message = event.message
         try:
             decided = decide(message)
-        except ValidationFailed as exc:
+        except (ValidationFailed, ValidationError) as exc:
             log.warning("dead-lettered %s@%s: %s", message.topic, message.offset, exc)
             await dead_letter(message, str(exc))
             continue
@@ -135,9 +180,10 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             continue
         customer_id, decision = decided
         # The state records what was commanded, and its changelog is written at once, while
-        # sends inside an agent wait for the offset commit. So commands go out first (force) and
-        # are acknowledged before the state may say they were sent: a crash in between replays
-        # the event, and the adapter drops the duplicate.
+        # sends inside an agent wait for the offset commit. So commands, the write-back and
+        # the refused attempts go out first (force) and are acknowledged before the state may
+        # say they were sent: a crash in between replays the event, and every effect is
+        # idempotent (the adapters and the journal drop what they already did).
         sent = [
             await commands[command.target].send(
                 key=command.customer_id.encode(),
@@ -146,6 +192,19 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             )
             for command in decision.commands
         ]
+        if decision.writeback is not None:
+            sent.append(
+                await writebacks.send(
+                    key=customer_id.encode(),
+                    value=decision.writeback.model_dump_json().encode(),
+                    force=True,
+                )
+            )
+        if decision.attempts:
+            async with ingest_db.lock:
+                await record_attempts(await ingest_db.conn(), decision.attempts)
+            for attempt in decision.attempts:
+                REFUSED.labels(attempt.system, attempt.outcome).inc()
         await asyncio.gather(*sent)
         customers[customer_id] = decision.state.model_dump(mode="json")
         for command in decision.commands:
@@ -156,3 +215,82 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
                 value=decision.change.model_dump_json().encode(),
             )
             CHANGES.inc()
+
+
+async def customer_of(system: str, external_id: str) -> str | None:
+    """The customer an external record is linked to, when it does not carry our id."""
+    async with stage_db.lock:
+        conn = await stage_db.conn()
+        cursor = await conn.execute(
+            "select customer_id::text from sync.identity_links"
+            " where system = %s and external_id = %s",
+            (system, external_id),
+        )
+        row = await cursor.fetchone()
+    return row[0] if row else None
+
+
+@app.agent(staging_cdc)
+async def stage(stream: faust.StreamT[bytes]) -> None:
+    async for event in stream.events():
+        message = event.message
+        if message.value is None:
+            continue
+        system = staged_systems[message.topic]
+        try:
+            staged = parse_staging_event(
+                message.value,
+                system=system,
+                vendor=settings.vendor(system),
+                mapping=rules.mappings[system],
+                topic=message.topic,
+                partition=message.partition,
+                offset=message.offset,
+            )
+        except ValidationFailed as exc:
+            log.warning("dead-lettered %s@%s: %s", message.topic, message.offset, exc)
+            await dead_letter(message, str(exc), stage_db)
+            continue
+        if staged is None:
+            continue
+        customer_id = staged.customer_id or await customer_of(system, staged.external_id)
+        if customer_id is None:  # made in the target by hand: identity resolution's work
+            INBOUND.labels(system, "unlinked").inc()
+            log.info("%s record %s is linked to no customer", system, staged.external_id)
+            continue
+        change = InboundChange(
+            customer_id=customer_id,
+            system=system,
+            properties=staged.properties,
+            previous=staged.previous,
+            deleted=staged.deleted,
+            source=staged.source,
+        )
+        INBOUND.labels(system, "routed").inc()
+        await inbound.send(
+            key=orjson.dumps({"id": customer_id}), value=change.model_dump_json().encode()
+        )
+
+
+@app.agent(writebacks)
+async def write_back(stream: faust.StreamT[bytes]) -> None:
+    async for batch in stream.take(500, within=0.05):
+        parsed = []
+        for value in batch:
+            try:
+                parsed.append(WriteBack.model_validate_json(value))
+            except ValidationError as exc:
+                log.error("unreadable write-back dropped: %s", exc)
+        async with write_back_db.lock:
+            written, skipped = await write_rows_back(await write_back_db.conn(), parsed)
+        WRITTEN_BACK.inc(written)
+        if skipped:
+            log.info("%d write-back fields skipped: the row changed since", skipped)
+
+
+@app.agent(changes)
+async def audit(stream: faust.StreamT[bytes]) -> None:
+    async for batch in stream.take(1000, within=0.2):
+        parsed = [GoldenChange.model_validate_json(value) for value in batch]
+        async with audit_db.lock:
+            await record_applied(await audit_db.conn(), parsed)

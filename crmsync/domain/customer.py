@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from typing import Any, Literal
 from zoneinfo import available_timezones
 
@@ -18,7 +19,7 @@ from pydantic import BaseModel, ConfigDict
 
 from crmsync.errors import ValidationFailed
 
-__all__ = ["ENUM_VALUES", "SYNCED_FIELDS", "GoldenRecord", "normalise_customer"]
+__all__ = ["ENUM_VALUES", "SYNCED_FIELDS", "GoldenRecord", "normalise_customer", "normalise_value"]
 
 LifecycleStage = Literal["lead", "trial", "customer", "churned"]
 PlanTier = Literal["free", "pro", "enterprise"]
@@ -174,33 +175,35 @@ def _flag(field: str, value: Any) -> bool:
     raise ValidationFailed(field, f"expected a boolean, got {value!r}")
 
 
+_NORMALISERS: dict[str, Callable[[Any], Any]] = {
+    "email": lambda v: _email("email", v),
+    "owner_email": lambda v: _email("owner_email", v),
+    "country": _country,
+    "birth_date": _birth_date,
+    "timezone": _timezone,
+    "language": _language,
+    **{f: (lambda v, f=f: _enum(f, v)) for f in ENUM_VALUES},
+    **{f: (lambda v, f=f: _flag(f, v)) for f in ("consent_email", "consent_sms", "do_not_contact")},
+}
+
+
+def normalise_value(field: str, value: Any, country: str | None = None) -> Any:
+    """One synced field's value, normalised as in the golden record (a phone is read in the
+    customer's `country`), or ValidationFailed."""
+    if field == "phone":
+        return _phone(value, country)
+    return _NORMALISERS.get(field, _text)(value)
+
+
 def normalise_customer(row: dict[str, Any]) -> GoldenRecord:
     """A `public.customers` row (as Debezium sends it) -> the golden record, or ValidationFailed."""
     if not row.get("id"):
         raise ValidationFailed("id", "missing customer id")
     country = _country(row.get("country"))
+    values = {f: normalise_value(f, row.get(f), country) for f in SYNCED_FIELDS}
     return GoldenRecord(
         id=str(row["id"]),
-        email=_email("email", row.get("email")),
-        phone=_phone(row.get("phone"), country),
-        first_name=_text(row.get("first_name")),
-        last_name=_text(row.get("last_name")),
-        company_name=_text(row.get("company_name")),
-        street=_text(row.get("street")),
-        city=_text(row.get("city")),
-        postal_code=_text(row.get("postal_code")),
-        region=_text(row.get("region")),
-        country=country,
-        birth_date=_birth_date(row.get("birth_date")),
-        lifecycle_stage=_enum("lifecycle_stage", row.get("lifecycle_stage")),  # type: ignore[arg-type]
-        plan_tier=_enum("plan_tier", row.get("plan_tier")),  # type: ignore[arg-type]
-        status=_enum("status", row.get("status")),  # type: ignore[arg-type]
-        timezone=_timezone(row.get("timezone")),
-        language=_language(row.get("language")),
-        consent_email=_flag("consent_email", row.get("consent_email")),
-        consent_sms=_flag("consent_sms", row.get("consent_sms")),
-        do_not_contact=_flag("do_not_contact", row.get("do_not_contact")),
-        owner_email=_email("owner_email", row.get("owner_email")),
+        **values,
         updated_at=_timestamp(row.get("updated_at")),
         deleted_at=_timestamp(row.get("deleted_at")),
     )

@@ -31,8 +31,9 @@ class SourcePosition(BaseModel):
     op: Op
     lsn: int | None = None
     tx_id: int | None = None
-    ts_ms: int | None = None
+    ts_ms: int | None = None  # when the source committed the change (epoch ms)
     snapshot: bool = False
+    external_id: str | None = None  # the system's record id, for changes from a target
 
 
 class CustomerChange(BaseModel):
@@ -42,6 +43,11 @@ class CustomerChange(BaseModel):
     op: Op
     record: GoldenRecord | None  # None for a hard delete
     source: SourcePosition
+    #: The row before an update, when Debezium sends it (REPLICA IDENTITY FULL) and it is
+    #: valid: the fields that differ are the ones the writer changed.
+    before: GoldenRecord | None = None
+    #: Set when crmsync itself wrote the row (`public.customers.sync_origin`): a write-back.
+    origin: str | None = None
 
 
 def _loads(raw: bytes, what: str) -> Any:
@@ -92,4 +98,17 @@ def parse_customer_event(
     if not isinstance(after, dict):
         raise ValidationFailed("after", f"op {op!r} without an after image")
     record = normalise_customer(after)
-    return CustomerChange(customer_id=customer_id, op=op, record=record, source=position)
+    before = None
+    if op == "u" and isinstance(envelope.get("before"), dict):
+        try:
+            before = normalise_customer(envelope["before"])
+        except ValidationFailed:  # the writer fixed an invalid row: compare with the state
+            before = None
+    return CustomerChange(
+        customer_id=customer_id,
+        op=op,
+        record=record,
+        source=position,
+        before=before,
+        origin=after.get("sync_origin"),
+    )

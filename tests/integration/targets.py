@@ -61,7 +61,8 @@ class Target:
         found: dict[str, dict[str, Any]] = {}
         params: dict[str, Any] = {
             "limit": 100,
-            "properties": "email,firstname,lastname,phone,country,crmsync_id,crmsync_plan_tier",
+            "properties": "email,firstname,lastname,phone,city,country,crmsync_id,"
+            "crmsync_plan_tier,crmsync_timezone",
         }
         while True:
             page = _get(client, "/crm/v3/objects/contacts", **params)

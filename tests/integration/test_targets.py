@@ -85,10 +85,10 @@ def test_a_customer_reaches_every_target_with_each_vendors_field_values(
     assert user["time_zone"] == "Europe/Berlin" or user["iana_time_zone"] == "Europe/Berlin"
     assert user["user_fields"]["plan_tier"] == "pro"
 
-    stack.sql("update public.customers set plan_tier = 'enterprise' where id = %s", (cid,))
-    wait_until(lambda: holds("crm")()["properties"]["crmsync_plan_tier"] == "enterprise")
-    wait_until(lambda: holds("billing")()["metadata"]["plan_tier"] == "enterprise")
-    wait_until(lambda: holds("support")()["user_fields"]["plan_tier"] == "enterprise")
+    stack.sql("update public.customers set phone = '030 7654321' where id = %s", (cid,))
+    wait_until(lambda: holds("crm")()["properties"]["phone"] == "+49307654321")
+    wait_until(lambda: holds("billing")()["phone"] == "+49307654321")
+    wait_until(lambda: holds("support")()["phone"] == "+49307654321")
     for target in targets.values():  # one record each, created once and then updated
         assert target.stats()["creates"] == 1
     links = stack.sql("select system from sync.identity_links where customer_id = %s", (cid,))

@@ -1,5 +1,7 @@
 """apply(): what one canonical change means for each target (crm, billing, support), with the
-shipped ownership and mapping (HubSpot, Stripe and Zendesk unless a test picks Salesforce)."""
+shipped mapping (HubSpot, Stripe and Zendesk unless a test picks Salesforce) and the canonical
+database owning every field (tests/unit/ownership_one_way.toml): the outbound mechanics.
+Two-way ownership and conflicts are tested in test_two_way.py."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from crmsync.domain.events import CustomerChange, SourcePosition
 from crmsync.rules import SyncRules, load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
-OWNERSHIP = ROOT / "config" / "ownership.toml"
+OWNERSHIP = Path(__file__).parent / "ownership_one_way.toml"
 MAPPING = ROOT / "config" / "mapping.toml"
 RULES = load_rules(OWNERSHIP, MAPPING)
 SALESFORCE = load_rules(OWNERSHIP, MAPPING, vendors={"crm": "salesforce"})

@@ -69,14 +69,52 @@ def refuses(
     return caught.value
 
 
-def test_shipped_config_loads_and_every_mapped_crm_field_flows_to_the_crm() -> None:
+def test_shipped_config_loads_and_every_mapped_crm_field_reaches_the_crm() -> None:
     rules = load_rules(OWNERSHIP, MAPPING)
     crm = rules.mappings["crm"]
     assert crm.id_property == "crmsync_id"  # HubSpot's, the default CRM vendor
     assert crm.fields, "the CRM mapping writes something"
     for field in crm.fields:
-        assert "crm" in rules.ownership.fields[field].flows_to, field
+        rule = rules.ownership.fields[field]
+        assert "crm" in rule.flows_to or rule.owner == "crm", field
     assert rules.synced_fields("crm") == frozenset(crm.fields)
+
+
+def test_shipped_matrix_follows_the_design() -> None:
+    ownership = load_rules(OWNERSHIP, MAPPING).ownership
+    owners = {f: r.owner for f, r in ownership.fields.items()}
+    assert {f for f, o in owners.items() if o == "crm"} == {
+        "plan_tier", "owner_email", "company_name", "lifecycle_stage",
+    }  # fmt: skip
+    assert {f for f, o in owners.items() if o == "canonical"} == {
+        "consent_email", "consent_sms", "do_not_contact",
+    }  # fmt: skip
+    for field in ("email", "phone", "first_name", "last_name", "timezone", "language", "status"):
+        assert owners[field] == "shared"
+    assert ownership.conflicts.window_seconds == 5
+    assert [p.system for p in ownership.conflicts.precedence] == ["canonical", "crm", "support"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        "[conflicts]\nwindow_seconds = -1\n",
+        '[conflicts]\nprecedence = [{ system = "erp", fields = "*", reason = "x" }]\n',
+        # precedence may only settle shared fields
+        '[conflicts]\nprecedence = [{ system = "crm", fields = ["email"], reason = "x" }]\n',
+        "[conflicts]\nturbo = true\n",
+    ],
+)
+def test_invalid_conflict_rules_are_refused(tmp_path: Path, extra: str) -> None:
+    refuses(tmp_path, ownership=extra + GOOD_OWNERSHIP)
+
+
+def test_a_shared_field_must_use_the_shared_rules(tmp_path: Path) -> None:
+    ownership = (
+        GOOD_OWNERSHIP
+        + 'city = { owner = "shared", flows_to = ["crm"], conflict = "owner_wins" }\n'
+    )
+    refuses(tmp_path, "shared_rules", ownership=ownership)
 
 
 def test_shipped_config_covers_every_synced_field() -> None:
@@ -102,7 +140,7 @@ def test_minimal_temp_config_loads(tmp_path: Path) -> None:
 def test_field_owned_elsewhere_is_not_synced_to_the_crm(tmp_path: Path) -> None:
     ownership = GOOD_OWNERSHIP.replace(
         'first_name = { owner = "canonical", flows_to = ["crm"]',
-        'first_name = { owner = "crm", flows_to = ["billing"]',
+        'first_name = { owner = "billing", flows_to = ["support"]',
     )
     assert load(tmp_path, ownership=ownership).synced_fields("crm") == {"email", "lifecycle_stage"}
 
