@@ -54,12 +54,12 @@ from adapters.webhooks import (
 )
 from adapters.zendesk import ZendeskClient
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
+from crmsync.domain.inbound import STAGING_TABLES
 from crmsync.errors import PermanentError, TargetError
 from crmsync.rules import SyncRules
 from crmsync.settings import Settings
 
 __all__ = [
-    "STAGING_TABLES",
     "Gone",
     "HubSpotInbound",
     "InboundRuntime",
@@ -94,7 +94,6 @@ INBOUND_DEAD = Counter("crmsync_inbound_dead_letters", "Inbox events dead-letter
 RECEIVER_UP = Gauge("crmsync_inbound_receiver_up", "1 while the receiver listens", ["target"])
 
 #: The staging table of each target, in schema `staging`.
-STAGING_TABLES = {"crm": "crm_contacts", "billing": "billing_customers", "support": "support_users"}
 #: Processed inbox rows are kept this long: event ids are deduplicated against vendor retries
 #: (Stripe retries for up to three days, HubSpot for one).
 EVENT_RETENTION_SECONDS = 7 * 86_400

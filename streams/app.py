@@ -78,7 +78,8 @@ def _topic(*names: str) -> faust.TopicT:
 # Canonical changes and inbound ones share the ingest agent; both are keyed {"id": <customer>}.
 changes_in = _topic(topics.customers_cdc, topics.inbound)
 inbound = _topic(topics.inbound)
-staged_systems = {topics.cdc(table): system for system, table in STAGING_TABLES.items()
+staged_systems = {topics.cdc(f"staging.{table}"): system
+                  for system, table in STAGING_TABLES.items()
                   if system in rules.mappings}  # fmt: skip
 staging_cdc = _topic(*staged_systems)
 commands = {t: _topic(topics.commands(t)) for t in rules.mappings}

@@ -68,6 +68,9 @@ class CustomerState(BaseModel):
     sources: dict[str, tuple[str, int]] = {}
     #: The last canonical change applied (its WAL position): an older one is a redelivery.
     lsn: int | None = None
+    #: When the canonical row was last read whole (its insert, or a snapshot): the time of
+    #: every value not in `sources`.
+    since: int = 0
 
 
 #: Delivery priority, highest first: consent and do-not-contact changes, then new customers,
@@ -283,7 +286,6 @@ def _golden_change(
 
 
 Verdict = Literal["apply", "reject", "review", "older", "stale"]
-_SEEDED = ("canonical", 0)  # where a field's value came from when no later change is known
 
 
 def judge(
@@ -340,8 +342,9 @@ def _replace(
         changed = {}
     sources = {f: s for f, s in (state.sources if state else {}).items() if f not in changed}
     new_state = CustomerState(
-        golden=golden, deleted=deleted, pushed=pushed, sources=sources, lsn=_lsn(state, change)
-    )
+        golden=golden, deleted=deleted, pushed=pushed, sources=sources, lsn=_lsn(state, change),
+        since=change.source.ts_ms or (state.since if state else 0),
+    )  # fmt: skip
     was_deleted = state.deleted if state else False
     golden_change = None
     if changed or deleted != was_deleted or (deleted and state is None):
@@ -378,7 +381,7 @@ def _settle(
         value, current = proposed[field], getattr(state.golden, field)
         if value == current:
             continue
-        holder = state.sources.get(field, _SEEDED)
+        holder = state.sources.get(field, ("canonical", state.since))
         verdict, reason = judge(rules, field, system, at, holder)
         if verdict == "apply":
             applied[field] = value
@@ -435,19 +438,57 @@ def _apply_canonical(
             change.customer_id, change.source, "canonical",
             {f: getattr(golden, f) for f in rejected}, rejected,
         )  # fmt: skip
-    changed = _changed_fields(golden, new_golden)
-    new_state = CustomerState(
-        golden=new_golden, pushed=pushed, sources=sources, lsn=_lsn(state, change)
-    )
+    new_state = state.model_copy(
+        update={"golden": new_golden, "pushed": pushed, "sources": sources,
+                "lsn": _lsn(state, change)}
+    )  # fmt: skip
+    return _updated(state, new_state, commands, change.source, now, writeback, attempts)
+
+
+def _updated(
+    state: CustomerState,
+    new_state: CustomerState,
+    commands: list[Command],
+    source: SourcePosition,
+    now: str,
+    writeback: WriteBack | None,
+    attempts: list[Attempt] | None = None,
+) -> Decision:
+    """The decision for a change to a live customer's fields, published if any changed."""
+    assert new_state.golden is not None
+    changed = _changed_fields(state.golden, new_state.golden)
+    change = None
+    if changed:
+        customer_id = new_state.golden.id
+        change = _golden_change(state, customer_id, "updated", changed, source, now)
     return Decision(
-        state=new_state,
-        commands=commands,
-        change=_golden_change(state, change.customer_id, "updated", changed, change.source, now)
-        if changed
-        else None,
-        writeback=writeback,
-        attempts=attempts,
-    )
+        state=new_state, commands=commands, change=change, writeback=writeback,
+        attempts=attempts or [],
+    )  # fmt: skip
+
+
+def _forced_write(
+    customer_id: str,
+    source: SourcePosition,
+    target: str,
+    rules: SyncRules,
+    record: GoldenRecord,
+    fields: set[str],
+) -> Command:
+    """Write `record`'s `fields` to `target` whatever it was last told: it holds otherwise."""
+    mapping = rules.mappings[target]
+    desired = _desired(record, target, rules)
+    props = {
+        m.property: desired[m.property]
+        for name, m in mapping.fields.items()
+        if set(mapping.sources(name)) & fields and m.property in desired
+    }
+    return Command(
+        idempotency_key=_command_key(customer_id, source, target),
+        target=target, customer_id=customer_id, action="upsert",
+        id_property=mapping.id_property, properties={**props, mapping.id_property: customer_id},
+        desired_hash=fingerprint(desired), force=True, source=source,
+    )  # fmt: skip
 
 
 def _writeback(
@@ -482,7 +523,7 @@ def _apply_inbound(
         attempt = Attempt(
             key=fingerprint([correlation, "*"]), customer_id=customer_id, system=system,
             field="*", current="exists", proposed="deleted",
-            current_source=_SEEDED, outcome="rejected",
+            current_source=("canonical", state.since), outcome="rejected",
             reason=f"{system} may not delete a customer: the canonical database owns its "
             "existence, so the record is created again",
             correlation_id=correlation, cause=source,
@@ -523,37 +564,18 @@ def _apply_inbound(
     if in_sync:  # it held the golden record, and now holds it with its change:
         pushed[system] = TargetPush(hash=fingerprint(_desired(new_golden, system, rules)))
     if rejected:  # the golden value goes back to the system that changed it
-        fields = set(rejected)
-        props = {
-            m.property: desired[m.property]
-            for name, m in mapping.fields.items()
-            if set(mapping.sources(name)) & fields and m.property in desired
-        }
-        new_hash = fingerprint(_desired(new_golden, system, rules))
-        revert = Command(
-            idempotency_key=_command_key(customer_id, source, system),
-            target=system, customer_id=customer_id, action="upsert",
-            id_property=mapping.id_property,
-            properties={**props, mapping.id_property: customer_id},
-            desired_hash=new_hash, force=True, source=source,
-        )  # fmt: skip
+        revert = _forced_write(customer_id, source, system, rules, new_golden, set(rejected))
         commands.append(revert)
-        pushed[system] = TargetPush(hash=new_hash)
+        pushed[system] = TargetPush(hash=revert.desired_hash)
     writeback = None
     if applied:
         writeback = _writeback(
             customer_id, source, system, applied, {f: getattr(golden, f) for f in applied}
         )
-    changed = _changed_fields(golden, new_golden)
-    return Decision(
-        state=CustomerState(golden=new_golden, pushed=pushed, sources=sources, lsn=state.lsn),
-        commands=commands,
-        change=_golden_change(state, customer_id, "updated", changed, source, now)
-        if changed
-        else None,
-        writeback=writeback,
-        attempts=attempts,
+    new_state = state.model_copy(
+        update={"golden": new_golden, "pushed": pushed, "sources": sources}
     )
+    return _updated(state, new_state, commands, source, now, writeback, attempts)
 
 
 def _apply_resolution(
@@ -567,36 +589,18 @@ def _apply_resolution(
     field = resolution.field
     new_golden = golden.model_copy(update={field: resolution.value})
     pushed = dict(state.pushed)
-    commands = []
-    for target, mapping in rules.mappings.items():
-        if field not in rules.synced_fields(target):
-            continue
-        desired = _desired(new_golden, target, rules)
-        props = {
-            m.property: desired[m.property]
-            for name, m in mapping.fields.items()
-            if field in mapping.sources(name) and m.property in desired
-        }
-        command = Command(
-            idempotency_key=_command_key(customer_id, source, target),
-            target=target, customer_id=customer_id, action="upsert",
-            id_property=mapping.id_property,
-            properties={**props, mapping.id_property: customer_id},
-            desired_hash=fingerprint(desired), force=True, source=source,
-        )  # fmt: skip
-        commands.append(command)
-        pushed[target] = TargetPush(hash=command.desired_hash)
+    commands: list[Command] = []
+    for target in rules.mappings:
+        if field in rules.synced_fields(target):
+            command = _forced_write(customer_id, source, target, rules, new_golden, {field})
+            commands.append(command)
+            pushed[target] = TargetPush(hash=command.desired_hash)
     sources = {**state.sources, field: ("review", source.ts_ms or 0)}
     writeback = _writeback(customer_id, source, "review", {field: resolution.value}, {})
-    changed = _changed_fields(golden, new_golden)
-    return Decision(
-        state=CustomerState(golden=new_golden, pushed=pushed, sources=sources, lsn=state.lsn),
-        commands=commands,
-        change=_golden_change(state, customer_id, "updated", changed, source, now)
-        if changed
-        else None,
-        writeback=writeback,
+    new_state = state.model_copy(
+        update={"golden": new_golden, "pushed": pushed, "sources": sources}
     )
+    return _updated(state, new_state, commands, source, now, writeback)
 
 
 def apply(

@@ -32,12 +32,8 @@ __all__ = [
     "split_name",
 ]
 
-#: Each target's staging mirror.
-STAGING_TABLES = {
-    "crm": "staging.crm_contacts",
-    "billing": "staging.billing_customers",
-    "support": "staging.support_users",
-}
+#: Each target's staging mirror, in schema `staging`.
+STAGING_TABLES = {"crm": "crm_contacts", "billing": "billing_customers", "support": "support_users"}
 #: Where a vendor's object keeps the mapped properties (HubSpot nests them; the others don't).
 _PROPERTIES_ROOT = {"hubspot": "properties"}
 #: Properties a vendor takes in one form and returns in another: Zendesk takes an IANA zone

@@ -65,18 +65,21 @@ def phones(stack: RunningStack, targets: dict[str, Target], customer_id: str) ->
     }
 
 
-def delivered_writes(settings: Settings) -> int:
-    """API writes the adapters made (their Prometheus counters): upserts and archives."""
+def adapter_total(settings: Settings, metric: str) -> int:
+    """One of the adapters' Prometheus counters, summed over targets and labels."""
     total = 0.0
     for target in ("crm", "billing", "support"):
         text = httpx.get(
             f"http://127.0.0.1:{settings.adapter_metrics_port_of(target)}/metrics"
         ).text
-        total += sum(
-            float(m.group(1))
-            for m in re.finditer(r"^crmsync_adapter_delivered_total\{[^}]*\} (\S+)$", text, re.M)
-        )
+        pattern = rf"^{metric}_total(?:\{{[^}}]*\}})? (\S+)$"
+        total += sum(float(m.group(1)) for m in re.finditer(pattern, text, re.M))
     return int(total)
+
+
+def delivered_writes(settings: Settings) -> int:
+    """API writes the adapters made: upserts and archives."""
+    return adapter_total(settings, "crmsync_adapter_delivered")
 
 
 def audit(stack: RunningStack, customer_id: str) -> list[tuple[str, str, str]]:
@@ -128,6 +131,15 @@ def test_owner_edits_flow_everywhere_non_owner_edits_are_reverted_and_forgeries_
     )[0][0]
     assert "owner: crm" in reason
 
+    # A value that cannot be a phone is dead-lettered with the reason; the flow goes on.
+    edit(targets["crm"], records[cy]["crm"]["id"], {"phone": "call me maybe"})
+    (error,) = wait_until(
+        lambda: stack.sql("select error from sync.dead_letters where payload->>'customer_id' = %s",
+                          (cy,)) or None,
+        what="the dead letter",
+    )[0]  # fmt: skip
+    assert "phone" in error and "call me maybe" in error
+
     # A forged Stripe event carrying a changed phone is refused and changes nothing.
     stripe_id = records[cy]["billing"]["id"]
     forged = orjson.dumps({
@@ -158,6 +170,7 @@ def test_two_systems_editing_one_field_back_and_forth_converge_with_bounded_writ
     editors = [("crm", records[cid]["crm"]["id"]), ("support", records[cid]["support"]["id"])]
     wait_until(lambda: stack.end_offsets("crmsync.inbound") >= 3, what="the creates' echoes")
     writes_before = delivered_writes(stack.settings)
+    calls_before = adapter_total(stack.settings, "crmsync_adapter_api_calls")
     edits = 8
     for n in range(edits):
         system, external_id = editors[n % 2]
@@ -188,7 +201,11 @@ def test_two_systems_editing_one_field_back_and_forth_converge_with_bounded_writ
     applied = [row for row in audit(stack, cid) if row[1] == "phone" and row[2] == "applied"]
     assert len(applied) == edits
     assert not [row for row in audit(stack, cid) if row[2] != "applied"]
-    print(f"\nwrite amplification: {writes / edits:.2f} API writes per inbound change")
+    calls = adapter_total(stack.settings, "crmsync_adapter_api_calls") - calls_before
+    print(
+        f"\nwrite amplification: {writes / edits:.2f} API writes per inbound change;"
+        f" {calls / edits:.2f} API requests of any kind (reads of echoes and polls too)"
+    )
 
 
 def test_a_conflict_waits_for_review_and_the_decision_reaches_everyone_and_polling_backs_up(

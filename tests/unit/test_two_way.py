@@ -176,6 +176,17 @@ def test_a_late_echo_from_a_system_we_sent_the_newer_value_is_recorded_not_rewri
     assert [a.outcome for a in decision.attempts] == ["rejected"]
 
 
+def test_after_a_re_snapshot_a_stale_copy_of_a_record_changes_nothing() -> None:
+    """The broker was rebased: the state is rebuilt from a snapshot of the row (read at
+    T0 + 90 s), and the CRM's staged copy, made before, still shows the old name."""
+    snapshot = canonical({"first_name": "Augusta"}, offset=9, at=T0 + 90_000, op="r")
+    rebuilt = step(None, snapshot).state
+    stale = hubspot({"firstname": "Ada"}, at=T0 + 1_000, previous=None)
+    decision = step(rebuilt, stale.model_copy(update={"previous": None}))
+    assert decision.state.golden.first_name == "Augusta"  # type: ignore[union-attr]
+    assert decision.commands == [] and decision.writeback is None
+
+
 def test_a_redelivered_canonical_change_is_dropped() -> None:
     applied = step(CREATED, hubspot({"phone": "+44 20 7946 1111"}, at=T0 + 60_000)).state
     replayed = canonical({}, offset=0, at=T0, op="c")  # the create, delivered again
