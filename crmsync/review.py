@@ -99,6 +99,8 @@ def resolve(
                 partition=0,
                 offset=item_id,
                 op="u",
+                # Another resolution of the same item (after a failed one) is another write.
+                tx_id=int(now.timestamp() * 1000),
                 ts_ms=int(now.timestamp() * 1000),
             ),
         )

@@ -16,9 +16,12 @@ mirrors onto the dead-letter topic) and the stream goes on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Any, TypeVar
 
 import faust
 import orjson
@@ -48,6 +51,7 @@ from crmsync.writeback import write_back as write_rows_back
 __all__ = ["app"]
 
 log = logging.getLogger("crmsync.streams")
+T = TypeVar("T")
 
 settings = load_settings()
 rules = load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
@@ -99,16 +103,32 @@ DEAD = Counter("crmsync_streams_dead_letters", "Records dead-lettered at ingest"
 
 
 class Database:
-    """One lazily opened connection, used by one agent at a time."""
+    """One lazily opened connection, used by one agent at a time. While the database is
+    unreachable, work waits and retries with backoff: an agent that gave up would have its
+    records acknowledged, and so lost."""
 
     def __init__(self) -> None:
         self._conn: psycopg.AsyncConnection[Any] | None = None
-        self.lock = asyncio.Lock()
+        self._lock = asyncio.Lock()
 
-    async def conn(self) -> psycopg.AsyncConnection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True)
-        return self._conn
+    async def run(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
+        delay = 0.5
+        while True:
+            try:
+                async with self._lock:
+                    if self._conn is None or self._conn.closed:
+                        self._conn = await psycopg.AsyncConnection.connect(
+                            settings.dsn, autocommit=True
+                        )
+                    return await work(self._conn)
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                log.warning("database unavailable (%s); retrying in %.1f s", exc, delay)
+                if self._conn is not None:
+                    with contextlib.suppress(psycopg.Error):
+                        await self._conn.close()
+                self._conn = None
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
 
 ingest_db, stage_db, write_back_db, audit_db = Database(), Database(), Database(), Database()
@@ -128,8 +148,7 @@ async def dead_letter(message: Message, error: str, db: Database = ingest_db) ->
         source={"topic": message.topic, "partition": message.partition,
                 "offset": message.offset},
     )  # fmt: skip
-    async with db.lock:
-        await insert_dead_letter(await db.conn(), letter)
+    await db.run(lambda conn: insert_dead_letter(conn, letter))
     DEAD.inc()
 
 
@@ -179,55 +198,55 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             continue
         if decided is None:
             continue
-        customer_id, decision = decided
-        # The state records what was commanded, and its changelog is written at once, while
-        # sends inside an agent wait for the offset commit. So commands, the write-back and
-        # the refused attempts go out first (force) and are acknowledged before the state may
-        # say they were sent: a crash in between replays the event, and every effect is
-        # idempotent (the adapters and the journal drop what they already did).
-        sent = [
-            await commands[command.target].send(
-                key=command.customer_id.encode(),
-                value=command.model_dump_json().encode(),
-                force=True,
-            )
-            for command in decision.commands
-        ]
-        if decision.writeback is not None:
-            sent.append(
-                await writebacks.send(
-                    key=customer_id.encode(),
-                    value=decision.writeback.model_dump_json().encode(),
-                    force=True,
-                )
-            )
-        if decision.attempts:
-            async with ingest_db.lock:
-                await record_attempts(await ingest_db.conn(), decision.attempts)
-            for attempt in decision.attempts:
-                REFUSED.labels(attempt.system, attempt.outcome).inc()
-        await asyncio.gather(*sent)
-        customers[customer_id] = decision.state.model_dump(mode="json")
-        for command in decision.commands:
-            COMMANDS.labels(command.target, command.action).inc()
-        if decision.change is not None:
-            await changes.send(
-                key=decision.change.customer_id.encode(),
-                value=decision.change.model_dump_json().encode(),
-            )
-            CHANGES.inc()
+        if decided[1].invalid:  # judged without them; kept with the reasons
+            log.warning("dead-lettered values of %s@%s", message.topic, message.offset)
+            await dead_letter(message, "; ".join(decided[1].invalid))
+        try:
+            await take_effect(*decided)
+        except Exception as exc:  # a bug must not stop the stream: park the record, go on
+            log.exception("effects of %s@%s failed; dead-lettered", message.topic, message.offset)
+            await dead_letter(message, f"internal error: {type(exc).__name__}: {exc}")
+
+
+async def take_effect(customer_id: str, decision: Decision) -> None:
+    """Send a decision's commands, write-back and change event and record its refused
+    attempts, all acknowledged, and only then store the new state. The state records what
+    was commanded and its changelog is written at once, while sends inside an agent would
+    wait for the offset commit; a crash in between replays the event, and every effect is
+    idempotent (the adapters, the write-back and the journal drop what they already did)."""
+
+    def send(topic: faust.TopicT, key: str, model: Any) -> Awaitable[Any]:
+        return topic.send(key=key.encode(), value=model.model_dump_json().encode(), force=True)
+
+    sent = [await send(commands[c.target], c.customer_id, c) for c in decision.commands]
+    if decision.writeback is not None:
+        sent.append(await send(writebacks, customer_id, decision.writeback))
+    if decision.change is not None:
+        sent.append(await send(changes, customer_id, decision.change))
+    if decision.attempts:
+        await ingest_db.run(partial(record_attempts, attempts=decision.attempts))
+        for attempt in decision.attempts:
+            REFUSED.labels(attempt.system, attempt.outcome).inc()
+    await asyncio.gather(*sent)
+    customers[customer_id] = decision.state.model_dump(mode="json")
+    for command in decision.commands:
+        COMMANDS.labels(command.target, command.action).inc()
+    if decision.change is not None:
+        CHANGES.inc()
 
 
 async def customer_of(system: str, external_id: str) -> str | None:
     """The customer an external record is linked to, when it does not carry our id."""
-    async with stage_db.lock:
-        conn = await stage_db.conn()
+
+    async def lookup(conn: psycopg.AsyncConnection[Any]) -> Any:
         cursor = await conn.execute(
             "select customer_id::text from sync.identity_links"
             " where system = %s and external_id = %s",
             (system, external_id),
         )
-        row = await cursor.fetchone()
+        return await cursor.fetchone()
+
+    row = await stage_db.run(lookup)
     return row[0] if row else None
 
 
@@ -281,9 +300,14 @@ async def write_back(stream: faust.StreamT[bytes]) -> None:
             try:
                 parsed.append(WriteBack.model_validate_json(value))
             except ValidationError as exc:
-                log.error("unreadable write-back dropped: %s", exc)
-        async with write_back_db.lock:
-            written, skipped = await write_rows_back(await write_back_db.conn(), parsed)
+                await park("write-back", value, f"unreadable write-back: {exc}", write_back_db)
+        try:
+            written, skipped = await write_back_db.run(partial(write_rows_back, writebacks=parsed))
+        except Exception as exc:  # a bug or a row the database refuses: park them, go on
+            log.exception("write-back batch failed; dead-lettered")
+            for wb in parsed:
+                await park("write-back", wb.model_dump_json().encode(), repr(exc), write_back_db)
+            continue
         WRITTEN_BACK.inc(written)
         if skipped:
             log.info("%d write-back fields skipped: the row changed since", skipped)
@@ -292,6 +316,22 @@ async def write_back(stream: faust.StreamT[bytes]) -> None:
 @app.agent(changes)
 async def audit(stream: faust.StreamT[bytes]) -> None:
     async for batch in stream.take(1000, within=0.2):
-        parsed = [GoldenChange.model_validate_json(value) for value in batch]
-        async with audit_db.lock:
-            await record_applied(await audit_db.conn(), parsed)
+        parsed = []
+        for value in batch:
+            try:
+                parsed.append(GoldenChange.model_validate_json(value))
+            except ValidationError as exc:
+                await park("audit", value, f"unreadable change event: {exc}", audit_db)
+        try:
+            await audit_db.run(partial(record_applied, changes=parsed))
+        except Exception as exc:
+            log.exception("audit batch failed; dead-lettered")
+            for change in parsed:
+                await park("audit", change.model_dump_json().encode(), repr(exc), audit_db)
+
+
+async def park(stage: str, value: bytes, error: str, db: Database) -> None:
+    """A record an agent could not use, kept with the reason (it is acknowledged after)."""
+    letter = DeadLetter(stage=stage, payload=DeadLetter.payload_of(value), error=error)
+    await db.run(lambda conn: insert_dead_letter(conn, letter))
+    DEAD.inc()

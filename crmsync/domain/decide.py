@@ -26,7 +26,6 @@ from pydantic import BaseModel, ConfigDict
 from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
 from crmsync.domain.events import CustomerChange, SourcePosition
 from crmsync.domain.inbound import InboundChange, Resolution, decode
-from crmsync.errors import ValidationFailed
 
 if TYPE_CHECKING:  # crmsync.rules imports the domain: a runtime import would be circular
     from crmsync.rules import SyncRules
@@ -155,6 +154,9 @@ class Decision(BaseModel):
     change: GoldenChange | None
     writeback: WriteBack | None = None
     attempts: list[Attempt] = []
+    #: Values a target sent that cannot be read (the rest of its change is judged): the
+    #: record is dead-lettered with these reasons.
+    invalid: list[str] = []
 
 
 def fingerprint(value: Any) -> str:
@@ -289,22 +291,34 @@ Verdict = Literal["apply", "reject", "review", "older", "stale"]
 
 
 def judge(
-    rules: SyncRules, field: str, system: str, at_ms: int, current: tuple[str, int]
+    rules: SyncRules,
+    field: str,
+    system: str,
+    at_ms: int,
+    current: tuple[str, int],
+    seeded: bool = False,
 ) -> tuple[Verdict, str]:
     """May `system`'s change of `field` at `at_ms` replace the value `current` says came
     from (system, time)? The ownership matrix and its conflict rules decide (DESIGN.md):
     "older" is a change made before the current value's (the later one wins), "stale" an
-    out-of-order change from the system the current value came from."""
+    out-of-order change from the system the current value came from. A `seeded` value (from
+    the row read whole, not a change since) competes in time only, never as a conflict."""
     ownership = rules.ownership
     rule = ownership.fields.get(field)
     if rule is None or not ownership.may_change(system, field):
         owner = rule.owner if rule else "nobody: it is not synced"
         return "reject", f"{system} may not change {field} (owner: {owner})"
     holder, since = current
-    if rule.owner != "shared" or holder == system:
+    if holder == system and not seeded:
         if at_ms >= since:
-            return "apply", "a change from its owner" if rule.owner == system else "its own update"
+            return "apply", "its own later change"
         return "stale", f"older than {system}'s change already applied"
+    if rule.owner == system:
+        return "apply", "a change from its owner"
+    if seeded:
+        if at_ms >= since:
+            return "apply", "a change since the record was read"
+        return "older", "older than the record as last read: the later value stays"
     window_s = ownership.conflicts.window_seconds
     window = int(window_s * 1000)
     if at_ms >= since + window:
@@ -381,8 +395,9 @@ def _settle(
         value, current = proposed[field], getattr(state.golden, field)
         if value == current:
             continue
+        seeded = field not in state.sources
         holder = state.sources.get(field, ("canonical", state.since))
-        verdict, reason = judge(rules, field, system, at, holder)
+        verdict, reason = judge(rules, field, system, at, holder, seeded)
         if verdict == "apply":
             applied[field] = value
             sources[field] = (system, at)
@@ -538,20 +553,25 @@ def _apply_inbound(
         new_state = state.model_copy(update={"pushed": pushed})
         return Decision(state=new_state, commands=[command], change=None, attempts=[attempt])
 
-    incoming = decode(mapping, change.properties, golden)
+    incoming, problems = decode(mapping, change.properties, golden)
     if change.previous is None:
         # The first copy of a record (our create coming back, maybe already edited there).
         # Where we sent no value, what it holds is its own default (Zendesk's time zone and
         # locale), not an edit.
         proposed = {f: v for f, v in incoming.items() if getattr(golden, f) is not None}
     else:
-        try:
-            before = decode(mapping, change.previous, golden)
-        except ValidationFailed:
-            before = {}
+        before, _ = decode(mapping, change.previous, golden)
         # A value the record already held before this change is not a change the system
         # made now: the system is behind (our write to it is on its way), not disagreeing.
         proposed = {f: v for f, v in incoming.items() if f not in before or before[f] != v}
+    changed_now = {
+        name for name, m in mapping.fields.items()
+        if change.previous is None
+        or change.properties.get(m.property) != change.previous.get(m.property)
+    }  # fmt: skip
+    invalid = [
+        f"{system} {field}: {why}" for field, why in problems.items() if field in changed_now
+    ]
     own = state.pushed.get(system)
     in_sync = own is not None and own.hash == fingerprint(desired)
     applied, rejected, attempts, sources = _settle(
@@ -575,7 +595,8 @@ def _apply_inbound(
     new_state = state.model_copy(
         update={"golden": new_golden, "pushed": pushed, "sources": sources}
     )
-    return _updated(state, new_state, commands, source, now, writeback, attempts)
+    decision = _updated(state, new_state, commands, source, now, writeback, attempts)
+    return decision.model_copy(update={"invalid": invalid}) if invalid else decision
 
 
 def _apply_resolution(
@@ -596,7 +617,9 @@ def _apply_resolution(
             commands.append(command)
             pushed[target] = TargetPush(hash=command.desired_hash)
     sources = {**state.sources, field: ("review", source.ts_ms or 0)}
-    writeback = _writeback(customer_id, source, "review", {field: resolution.value}, {})
+    # Only over the value it replaces: an app's write in flight is judged, not overwritten.
+    expected = {field: getattr(golden, field)}
+    writeback = _writeback(customer_id, source, "review", {field: resolution.value}, expected)
     new_state = state.model_copy(
         update={"golden": new_golden, "pushed": pushed, "sources": sources}
     )

@@ -10,6 +10,7 @@ equal to the golden one.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from typing import Any, Literal
 
@@ -220,10 +221,11 @@ def _from_target(name: str, mapping: FieldMapping, value: Any) -> Any:
 
 def decode(
     mapping: TargetMapping, properties: dict[str, Any], golden: GoldenRecord
-) -> dict[str, Any]:
-    """A target's properties -> golden-record fields, normalised (ValidationFailed when a
-    value cannot be). Only the fields whose properties are present."""
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """A target's properties -> (golden-record fields, normalised; why each field that could
+    not be read was refused). Only the fields whose properties are present."""
     raw: dict[str, Any] = {}
+    problems: dict[str, str] = {}
     for name, field in mapping.fields.items():
         if field.property not in properties:
             continue
@@ -232,6 +234,18 @@ def decode(
             if len(field.join) == 2:
                 raw.update(split_name(value if value is None else str(value), field.join, golden))
             continue
-        raw[name] = _from_target(name, field, value)
-    country = normalise_value("country", raw["country"]) if "country" in raw else golden.country
-    return {name: normalise_value(name, value, country) for name, value in raw.items()}
+        try:
+            raw[name] = _from_target(name, field, value)
+        except ValidationFailed as exc:
+            problems[name] = str(exc)
+    country = golden.country
+    if "country" in raw:
+        with contextlib.suppress(ValidationFailed):  # else refused below, with the reason
+            country = normalise_value("country", raw["country"])
+    values = {}
+    for name, value in raw.items():
+        try:
+            values[name] = normalise_value(name, value, country)
+        except ValidationFailed as exc:
+            problems[name] = str(exc)
+    return values, problems

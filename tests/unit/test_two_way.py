@@ -187,6 +187,19 @@ def test_after_a_re_snapshot_a_stale_copy_of_a_record_changes_nothing() -> None:
     assert decision.commands == [] and decision.writeback is None
 
 
+def test_an_owner_edit_applies_even_if_stamped_before_the_row_was_last_read() -> None:
+    """Clocks differ: a CRM plan change stamped a second before the snapshot still wins."""
+    rebuilt = step(None, canonical({}, offset=9, at=T0 + 90_000, op="r")).state
+    decision = step(rebuilt, hubspot({"crmsync_plan_tier": "enterprise"}, at=T0 + 89_000))
+    assert decision.state.golden.plan_tier == "enterprise"  # type: ignore[union-attr]
+
+
+def test_an_edit_right_after_creation_is_no_conflict_with_the_creation() -> None:
+    decision = step(CREATED, hubspot({"phone": "+44 20 7946 7777"}, at=T0 + 3_000))
+    assert decision.state.golden.phone == "+442079467777"  # type: ignore[union-attr]
+    assert decision.attempts == []
+
+
 def test_a_redelivered_canonical_change_is_dropped() -> None:
     applied = step(CREATED, hubspot({"phone": "+44 20 7946 1111"}, at=T0 + 60_000)).state
     replayed = canonical({}, offset=0, at=T0, op="c")  # the create, delivered again
@@ -265,7 +278,8 @@ def test_a_resolution_is_written_to_every_system() -> None:
     assert decision.state.golden.email == "ada@support.example"  # type: ignore[union-attr]
     assert {c.target for c in decision.commands} == {"crm", "billing", "support"}
     assert all(c.force for c in decision.commands)
-    assert decision.writeback is not None and decision.writeback.expected == {}
+    assert decision.writeback is not None
+    assert decision.writeback.expected == {"email": "ada@billing.example"}
 
 
 def test_a_record_deleted_in_a_target_is_recreated_and_audited() -> None:
@@ -306,7 +320,19 @@ def test_decode_splits_a_full_name_keeping_what_still_fits() -> None:
         "first_name": "Augusta Ada", "last_name": "Lovelace",
     }  # fmt: skip
     mapping = RULES.mappings["crm"]
-    decoded = decode(mapping, {"crmsync_consent_email": "true", "lifecyclestage": "opportunity",
-                               "phone": "020 7946 0000", "country": "GB"}, golden)  # fmt: skip
+    properties = {"crmsync_consent_email": "true", "lifecyclestage": "opportunity",
+                  "phone": "020 7946 0000", "country": "GB"}  # fmt: skip
+    decoded, problems = decode(mapping, properties, golden)
     assert decoded == {"consent_email": True, "lifecycle_stage": "trial",
                        "phone": "+442079460000", "country": "GB"}  # fmt: skip
+    assert problems == {}
+
+
+def test_an_unreadable_value_is_refused_and_the_rest_of_the_change_applies() -> None:
+    """HubSpot has stages crmsync maps to none; the phone edited with it still counts."""
+    edit = hubspot({"lifecyclestage": "salesqualifiedlead", "phone": "+44 20 7946 8888"},
+                   at=T0 + 60_000)  # fmt: skip
+    decision = step(CREATED, edit)
+    assert decision.state.golden.phone == "+442079468888"  # type: ignore[union-attr]
+    (reason,) = decision.invalid
+    assert "lifecycle_stage" in reason and "salesqualifiedlead" in reason
