@@ -110,7 +110,18 @@ def _phone(value: Any, country: str | None) -> str | None:
         raise ValidationFailed("phone", f"unparseable phone {text!r}: {exc}") from None
     if not phonenumbers.is_possible_number(number):
         raise ValidationFailed("phone", f"impossible phone number {text!r}")
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    e164 = phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    # Normalising must be idempotent: a target echoes the value back and it must compare
+    # equal. A trunk prefix written after the country code ("0049 0...") survives one pass,
+    # so read the result again until it no longer changes.
+    for _ in range(3):
+        again = phonenumbers.format_number(
+            phonenumbers.parse(e164, None), phonenumbers.PhoneNumberFormat.E164
+        )
+        if again == e164:
+            break
+        e164 = again
+    return e164
 
 
 def _enum(field: str, value: Any) -> str | None:

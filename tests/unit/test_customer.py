@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crmsync.domain.customer import GoldenRecord, normalise_customer
+from crmsync.domain.customer import GoldenRecord, normalise_customer, normalise_value
 from crmsync.errors import ValidationFailed
 
 COLUMNS = sorted(GoldenRecord.model_fields)
@@ -79,6 +79,24 @@ def test_phone_becomes_e164_using_the_rows_country(
     phone: str, country: str | None, expected: str
 ) -> None:
     assert norm(phone=phone, country=country).phone == expected
+
+
+@given(
+    digits=st.text("0123456789", min_size=6, max_size=12),
+    prefix=st.sampled_from(["", "0", "+49 ", "+49 (0) ", "0049 0", "+44 ", "+1 ", "00"]),
+    country=st.sampled_from(["DE", "GB", "US", "FR", None]),
+)
+@settings(max_examples=300)
+def test_a_normalised_phone_normalises_to_itself(
+    digits: str, prefix: str, country: str | None
+) -> None:
+    """A target echoes our value back: read again, it must be the same value."""
+    try:
+        once = normalise_value("phone", prefix + digits, country)
+    except ValidationFailed:
+        return
+    assert normalise_value("phone", once, country) == once
+    assert normalise_value("phone", once, None) == once
 
 
 def test_national_phone_without_a_country_is_rejected() -> None:
