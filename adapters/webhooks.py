@@ -113,9 +113,18 @@ def _hmac_sha256(secret: str, message: bytes) -> bytes:
     return hmac.new(secret.encode(), message, hashlib.sha256).digest()
 
 
-def _fresh(signed_at: datetime, now: float, tolerance: float) -> None:
+def _fresh(read_time: Callable[[], datetime], now: float, tolerance: float) -> datetime:
+    """When the delivery was signed (an unreadable time is a bad signature); refused as
+    stale when that is further than `tolerance` seconds from now, either way."""
+    try:
+        signed_at = read_time()
+    except (ValueError, OverflowError, OSError):
+        raise WebhookRejected("bad_signature") from None
+    if signed_at.tzinfo is None:
+        signed_at = signed_at.replace(tzinfo=UTC)
     if abs(now - signed_at.timestamp()) > tolerance:
         raise WebhookRejected("stale")
+    return signed_at
 
 
 # --------------------------------------------------------------------------------------------
@@ -153,11 +162,7 @@ def verify_hubspot(
     expected = base64.b64encode(_hmac_sha256(secret, message)).decode()
     if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise WebhookRejected("bad_signature")
-    try:
-        signed_at = datetime.fromtimestamp(int(timestamp) / 1000, UTC)
-    except (ValueError, OverflowError, OSError):
-        raise WebhookRejected("bad_signature") from None
-    _fresh(signed_at, now, tolerance)
+    signed_at = _fresh(lambda: datetime.fromtimestamp(int(timestamp) / 1000, UTC), now, tolerance)
     return Verified(signature, signed_at)
 
 
@@ -195,11 +200,7 @@ def verify_stripe(
     )
     if matched is None:
         raise WebhookRejected("bad_signature")
-    try:
-        signed_at = datetime.fromtimestamp(int(timestamp), UTC)
-    except (ValueError, OverflowError, OSError):
-        raise WebhookRejected("bad_signature") from None
-    _fresh(signed_at, now, tolerance)
+    signed_at = _fresh(lambda: datetime.fromtimestamp(int(timestamp), UTC), now, tolerance)
     return Verified(matched, signed_at)
 
 
@@ -224,13 +225,7 @@ def verify_zendesk(
     expected = base64.b64encode(_hmac_sha256(secret, timestamp.encode() + body)).decode()
     if not hmac.compare_digest(expected.encode(), signature.encode()):
         raise WebhookRejected("bad_signature")
-    try:
-        signed_at = datetime.fromisoformat(timestamp)
-    except ValueError:
-        raise WebhookRejected("bad_signature") from None
-    if signed_at.tzinfo is None:
-        signed_at = signed_at.replace(tzinfo=UTC)
-    _fresh(signed_at, now, tolerance)
+    signed_at = _fresh(lambda: datetime.fromisoformat(timestamp), now, tolerance)
     return Verified(signature, signed_at)
 
 
