@@ -270,7 +270,6 @@ def _commands(
 
 
 def _golden_change(
-    state: CustomerState | None,
     customer_id: str,
     op: str,
     changed: dict[str, Any],
@@ -368,7 +367,7 @@ def _replace(
             op = "created"
         else:
             op = "restored" if state.deleted else "updated"
-        golden_change = _golden_change(state, change.customer_id, op, changed, change.source, now)
+        golden_change = _golden_change(change.customer_id, op, changed, change.source, now)
     return Decision(state=new_state, commands=commands, change=golden_change)
 
 
@@ -475,7 +474,7 @@ def _updated(
     change = None
     if changed:
         customer_id = new_state.golden.id
-        change = _golden_change(state, customer_id, "updated", changed, source, now)
+        change = _golden_change(customer_id, "updated", changed, source, now)
     return Decision(
         state=new_state, commands=commands, change=change, writeback=writeback,
         attempts=attempts or [],
