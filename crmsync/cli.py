@@ -265,7 +265,10 @@ def dlq_replay(
         raise typer.Exit(1)
 
 
-review_app = typer.Typer(help="Conflicts waiting for a person.", no_args_is_help=True)
+review_app = typer.Typer(
+    help="Conflicts and identity questions waiting for a person; merges and links undone.",
+    no_args_is_help=True,
+)
 app.add_typer(review_app, name="review")
 
 
@@ -320,24 +323,105 @@ def review_resolve(
         str | None, typer.Option(help="Keep one side's value: current or incoming.")
     ] = None,
     value: Annotated[str | None, typer.Option(help="Or set this value instead.")] = None,
+    link: Annotated[
+        str | None, typer.Option(help="Identity: link the record to this customer.")
+    ] = None,
+    new: Annotated[bool, typer.Option("--new", help="Identity: a new customer.")] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="Duplicate: merge them.")] = False,
+    apart: Annotated[bool, typer.Option("--apart", help="Duplicate: keep them apart.")] = False,
     by: Annotated[str, typer.Option(help="Who decided (recorded).")] = os.environ.get(
         "USER", "unknown"
     ),
 ) -> None:
-    """Settle a conflict: the chosen value is applied in every system."""
-    from crmsync.review import ReviewError, resolve
+    """Settle an item. A conflict: --keep current|incoming or --value V, applied in every
+    system. An identity question: --link CUSTOMER or --new. A possible duplicate: --merge or
+    --apart."""
+    from crmsync import review
 
-    if keep not in (None, "current", "incoming"):
-        raise typer.BadParameter("--keep takes current or incoming")
+    settings = _settings()
     try:
-        resolution = resolve(_settings(), item_id, choice=keep, value=value, by=by)  # type: ignore[arg-type]
-    except ReviewError as exc:
+        if link is not None or new:
+            customer = review.resolve_identity(settings, item_id, link_to=link, new=new, by=by)
+            console.print(f"resolved {item_id}: the record belongs to customer {customer}")
+        elif merge or apart:
+            if merge == apart:
+                raise review.ReviewError("give either --merge or --apart")
+            outcome = review.resolve_duplicate(settings, item_id, merge=merge, by=by)
+            console.print(f"resolved {item_id}: {outcome}")
+        else:
+            if keep not in (None, "current", "incoming"):
+                raise typer.BadParameter("--keep takes current or incoming")
+            resolution = review.resolve(settings, item_id, choice=keep, value=value, by=by)  # type: ignore[arg-type]
+            console.print(
+                f"resolved {item_id}: {resolution.field} = {resolution.value!r} for customer"
+                f" {resolution.customer_id}; every system is being updated"
+            )
+    except review.ReviewError as exc:
         console.print(f"not resolved: {exc}")
         raise typer.Exit(1) from None
-    console.print(
-        f"resolved {item_id}: {resolution.field} = {resolution.value!r} for customer"
-        f" {resolution.customer_id}; every system is being updated"
-    )
+
+
+BY = typer.Option(help="Who decided (recorded).")
+
+
+@review_app.command("merges")
+def review_merges(
+    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Merges of duplicate customers, newest first (undo one with `unmerge`)."""
+    from rich.table import Table
+
+    from crmsync.review import list_merges
+
+    merges = list_merges(_settings().dsn, limit)
+    if as_json:
+        sys.stdout.write(orjson.dumps(merges, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return
+    table = Table(title=f"{len(merges)} merges")
+    for column in ("id", "merged", "survivor", "loser", "how", "by", "undone"):
+        table.add_column(column)
+    for m in merges:
+        table.add_row(
+            str(m["id"]), f"{m['merged_at']:%m-%d %H:%M:%S}", m["survivor_id"], m["loser_id"],
+            f"{m['method']} {m['confidence']:.2f}", m["merged_by"],
+            f"by {m['undone_by']}" if m["undone_at"] else "",
+        )  # fmt: skip
+    console.print(table)
+
+
+@review_app.command("unmerge")
+def review_unmerge(
+    merge_id: Annotated[int, typer.Argument(help="The merge's id (`review merges`).")],
+    by: Annotated[str, BY] = os.environ.get("USER", "unknown"),
+) -> None:
+    """Undo a merge: the duplicate is a customer of its own again, in every system."""
+    from crmsync.review import ReviewError, unmerge
+
+    try:
+        survivor, loser = unmerge(_settings(), merge_id, by=by)
+    except ReviewError as exc:
+        console.print(f"not undone: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"merge {merge_id} undone: {loser} and {survivor} are two customers again")
+
+
+@review_app.command("unlink")
+def review_unlink(
+    system: Annotated[str, typer.Argument(help="crm, billing or support.")],
+    external_id: Annotated[str, typer.Argument(help="The record's id in that system.")],
+    by: Annotated[str, BY] = os.environ.get("USER", "unknown"),
+) -> None:
+    """Undo a link: the record becomes a customer of its own, and the customer it was linked
+    to gets a new record in that system."""
+    from crmsync.review import ReviewError, unlink
+
+    try:
+        old, new = unlink(_settings(), system, external_id, by=by)
+    except ReviewError as exc:
+        console.print(f"not unlinked: {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"{system} record {external_id} unlinked from {old}: now customer {new}")
 
 
 EMULATORS = ("hubspot", "salesforce", "stripe", "zendesk")

@@ -68,7 +68,27 @@ def render_status(report: dict[str, Any]) -> Group:
             f"{info['delivered']:,.0f}", str(info["links"] if info["links"] is not None else "-"),
             str(info["dead_letters_open"] if info["dead_letters_open"] is not None else "-"),
         )  # fmt: skip
-    return Group(components, flow, targets)
+    identity = Table(title="identity", expand=False)
+    for column in ("system", "matched", "auto-linked", "by a person", "review", "new",
+                   "match rate"):  # fmt: skip
+        identity.add_column(column, justify="left" if column == "system" else "right")
+    found = database.get("identity", {})
+    for system, info in found.get("targets", {}).items():
+        rate = info["match_rate"]
+        identity.add_row(
+            system, str(info["matched"]), str(info["auto_linked"]),
+            str(info["linked_by_person"]), str(info["review_open"]), str(info["new"]),
+            "-" if rate is None else f"{rate:.1%}",
+        )  # fmt: skip
+    canonical = found.get("canonical")
+    if canonical:
+        rate = canonical["duplicate_rate"]
+        identity.add_row(
+            "canonical", f"{canonical['duplicates_found']} dup.", f"{canonical['merges']} merged",
+            f"{canonical['merges_undone']} undone", str(canonical["review_open"]), "-",
+            "-" if rate is None else f"dup. {rate:.2%}",
+        )  # fmt: skip
+    return Group(components, flow, targets, identity)
 
 
 def run_live(

@@ -5,11 +5,17 @@ window) wait in `sync.review_queue` with both values; nothing is overwritten mea
 resolution is published on `crmsync.inbound` as a `Resolution`: the pipeline makes the chosen
 value golden and writes it to every system that maps the field, and the change is audited
 like any other, with `review` as its system.
+
+Identity decisions wait here too: a record made in a target that may be an existing customer
+(`identity`: link it to one, or make it a new customer) and two canonical customers that may
+be one person (`duplicate`: merge them, or keep them apart). Merges and links stay
+reversible (`unmerge`, `unlink`), and every such decision is audited with who made it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import uuid
 from typing import Any, Literal
 
 import orjson
@@ -19,13 +25,33 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from crmsync.broker import PRODUCER_CONFIG, Topics
-from crmsync.domain.customer import normalise_value
+from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord, normalise_value
 from crmsync.domain.events import SourcePosition
-from crmsync.domain.inbound import Resolution
+from crmsync.domain.inbound import (
+    STAGING_TABLES,
+    InboundChange,
+    Relinked,
+    Resolution,
+    decode,
+    mapped_properties,
+)
 from crmsync.errors import ValidationFailed
+from crmsync.identity import new_customer_sql
+from crmsync.rules import load_rules
 from crmsync.settings import Settings
 
-__all__ = ["ReviewError", "list_items", "resolve", "show_item"]
+__all__ = [
+    "ReviewError",
+    "list_items",
+    "list_merges",
+    "merge_pair",
+    "resolve",
+    "resolve_duplicate",
+    "resolve_identity",
+    "show_item",
+    "unlink",
+    "unmerge",
+]
 
 Choice = Literal["current", "incoming"]
 
@@ -113,16 +139,243 @@ def resolve(
     return resolution
 
 
-def _publish(settings: Settings, resolution: Resolution) -> None:
+def _publish(settings: Settings, *messages: Resolution | InboundChange | Relinked) -> None:
     """Onto `crmsync.inbound`, keyed and partitioned as the customers topic (murmur2)."""
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap, "partitioner": "murmur2_random",
          **PRODUCER_CONFIG}
     )  # fmt: skip
-    producer.produce(
-        Topics(settings.topic_prefix).inbound,
-        key=orjson.dumps({"id": resolution.customer_id}),
-        value=resolution.model_dump_json().encode(),
-    )
+    for message in messages:
+        producer.produce(
+            Topics(settings.topic_prefix).inbound,
+            key=orjson.dumps({"id": message.customer_id}),
+            value=message.model_dump_json().encode(),
+        )
     if producer.flush(30) > 0:
-        raise ReviewError("the broker did not acknowledge the resolution; nothing was changed")
+        raise ReviewError("the broker did not acknowledge the decision; nothing was changed")
+
+
+def _source(system: str, offset: int) -> SourcePosition:
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    return SourcePosition(system=system, topic="crmsync.review", partition=0, offset=offset,
+                          op="u", tx_id=now, ts_ms=now)  # fmt: skip
+
+
+def _open_item(conn: psycopg.Connection[Any], item_id: int, kind: str) -> dict[str, Any]:
+    item = conn.execute(
+        "select * from sync.review_queue where id = %s for update", (item_id,)
+    ).fetchone()
+    if item is None:
+        raise ReviewError(f"no review item {item_id}")
+    if item["resolved_at"] is not None:
+        raise ReviewError(f"review item {item_id} was resolved at {item['resolved_at']}")
+    if item["kind"] != kind:
+        raise ReviewError(f"review item {item_id} is a {item['kind']}, not a {kind} question")
+    return item
+
+
+def _audit(
+    conn: psycopg.Connection[Any], customer_id: str, outcome: str, reason: str, key: str,
+    cause: dict[str, Any], after: Any = None, before: Any = None,
+) -> None:  # fmt: skip
+    conn.execute(
+        "insert into sync.audit_log (customer_id, system, field, before, after, cause,"
+        " correlation_id, outcome, reason, key) values (%s, 'identity', '*', %s, %s, %s, %s,"
+        " %s, %s, %s) on conflict (key) do nothing",
+        (customer_id, Jsonb(before), Jsonb(after), Jsonb(cause), key, outcome, reason, key),
+    )
+
+
+def _staged_change(
+    settings: Settings, conn: psycopg.Connection[Any], system: str, external_id: str,
+    customer_id: str, method: str, offset: int,
+) -> InboundChange:  # fmt: skip
+    """The record as staged, for the pipeline to link (it fills the customer's gaps and is
+    written whole with the golden record)."""
+    row = conn.execute(
+        f"select payload from staging.{STAGING_TABLES[system]} where external_id = %s",
+        (external_id,),
+    ).fetchone()
+    if row is None:
+        raise ReviewError(f"{system} record {external_id} is not in staging")
+    rules = load_rules(settings.ownership_file, settings.mapping_file,
+                       {"crm": settings.crm_vendor})  # fmt: skip
+    properties = mapped_properties(settings.vendor(system), rules.mappings[system], row["payload"])
+    return InboundChange(
+        customer_id=customer_id, system=system, properties=properties, previous=None,
+        deleted=False, source=_source(system, offset).model_copy(
+            update={"external_id": external_id}), link=method,
+    )  # fmt: skip
+
+
+def _live(conn: psycopg.Connection[Any], customer_id: str) -> None:
+    row = conn.execute(
+        "select deleted_at from public.customers where id = %s", (customer_id,)
+    ).fetchone()
+    if row is None or row["deleted_at"] is not None:
+        raise ReviewError(f"customer {customer_id} does not exist or is deleted")
+
+
+def resolve_identity(
+    settings: Settings, item_id: int, *, link_to: str | None, new: bool, by: str
+) -> str:
+    """A record made in a target: link it to customer `link_to`, or make it a new customer.
+    Returns the customer it now belongs to."""
+    if (link_to is None) == (not new):
+        raise ReviewError("give either a customer to link to or --new, not both")
+    with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
+        item = _open_item(conn, item_id, "identity")
+        system, external_id = item["system"], item["proposed"]["external_id"]
+        message = None
+        if link_to is not None:
+            _live(conn, link_to)
+            held = conn.execute(
+                "select external_id from sync.identity_links where system = %s and"
+                " customer_id = %s and archived_at is null", (system, link_to),
+            ).fetchone()  # fmt: skip
+            if held is not None:
+                raise ReviewError(
+                    f"customer {link_to} already has {system} record {held['external_id']}"
+                )
+            customer_id = link_to
+            message = _staged_change(settings, conn, system, external_id, link_to, "review",
+                                     item_id)  # fmt: skip
+        else:
+            customer_id = str(uuid.uuid4())
+            conn.execute(*new_customer_sql(customer_id, item["proposed"]["record"]))
+        conn.execute(
+            "insert into sync.identity_links (system, external_id, customer_id, method,"
+            " confidence) values (%s, %s, %s, %s, 1.0)",
+            (system, external_id, customer_id, "review" if link_to else "new"),
+        )
+        decision = {"link": link_to} if link_to else {"new": customer_id}
+        conn.execute(
+            "update sync.review_queue set resolved_at = now(), decision = %s, resolved_by = %s"
+            " where id = %s", (Jsonb(decision), by, item_id),
+        )  # fmt: skip
+        _audit(conn, customer_id, "linked" if link_to else "new",
+               f"{system} record {external_id} {'linked to' if link_to else 'made'} customer"
+               f" {customer_id} by {by}", f"review:{item_id}",
+               {"review": item_id, "by": by}, after=[system, external_id])  # fmt: skip
+        if message is not None:
+            _publish(settings, message)
+    return customer_id
+
+
+def merge_pair(
+    settings: Settings, pair: tuple[str, str], *, by: str, method: str = "review",
+    confidence: float = 1.0,
+) -> tuple[int, str, str]:  # fmt: skip
+    """Merge two customers (the one created first survives): (merge id, survivor, loser)."""
+    rules = load_rules(settings.ownership_file, settings.mapping_file,
+                       {"crm": settings.crm_vendor})  # fmt: skip
+    fill = sorted(f for f in SYNCED_FIELDS if rules.ownership.may_change("canonical", f))
+    with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
+        order = [r["id"] for r in conn.execute(
+            "select id::text from public.customers where id = any(%s::uuid[])"
+            " order by created_at, id", (list(pair),)).fetchall()]  # fmt: skip
+        if len(order) != 2:
+            raise ReviewError(f"not two customers: {pair}")
+        survivor, loser = order
+        row = conn.execute(
+            "select sync.merge_customers(%s, %s, %s, %s, %s, %s) as id",
+            (survivor, loser, method, confidence, by, fill),
+        ).fetchone()
+        if row is None or row["id"] is None:
+            raise ReviewError("one of them is deleted or merged already")
+        conn.execute("delete from sync.identity_index where customer_id = %s", (loser,))
+        moved = conn.execute(
+            "select array(select value->>0 from jsonb_array_elements(moved_links) value) as s"
+            " from sync.merges where id = %s", (row["id"],),
+        ).fetchone()  # fmt: skip
+        if moved and moved["s"]:
+            _publish(settings, Relinked(customer_id=survivor, systems=moved["s"],
+                                        reason=f"merge {row['id']}",
+                                        source=_source("identity", row["id"])))  # fmt: skip
+        return row["id"], survivor, loser
+
+
+def resolve_duplicate(settings: Settings, item_id: int, *, merge: bool, by: str) -> str:
+    """Two customers that may be one person: merge them, or keep them apart."""
+    with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
+        item = _open_item(conn, item_id, "duplicate")
+        pair = tuple(item["proposed"]["customers"])
+        outcome = "kept apart"
+        if merge:
+            merge_id, survivor, loser = merge_pair(settings, pair, by=by)  # type: ignore[arg-type]
+            outcome = f"merged {loser} into {survivor} (merge {merge_id})"
+        conn.execute(
+            "update sync.review_queue set resolved_at = now(), decision = %s, resolved_by = %s"
+            " where id = %s", (Jsonb({"outcome": outcome}), by, item_id),
+        )  # fmt: skip
+        if not merge:
+            reason = f"{pair[0]} and {pair[1]} kept apart by {by}"
+            cause = {"review": item_id, "by": by}
+            _audit(conn, pair[0], "kept apart", reason, f"review:{item_id}", cause, list(pair))
+    return outcome
+
+
+def list_merges(dsn: str, limit: int = 100) -> list[dict[str, Any]]:
+    with psycopg.connect(dsn, row_factory=dict_row) as conn:
+        return conn.execute(
+            "select id, merged_at, survivor_id::text, loser_id::text, method, confidence,"
+            " moved_links, archived, filled, merged_by, undone_at, undone_by"
+            " from sync.merges order by id desc limit %s", (limit,),
+        ).fetchall()  # fmt: skip
+
+
+def unmerge(settings: Settings, merge_id: int, *, by: str) -> tuple[str, str]:
+    """Undo a merge: (survivor, loser), both customers of their own again everywhere."""
+    with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
+        merge = conn.execute(
+            "select survivor_id::text, loser_id::text from sync.merges where id = %s",
+            (merge_id,),
+        ).fetchone()
+        if merge is None:
+            raise ReviewError(f"no merge {merge_id}")
+        try:
+            moved = conn.execute(
+                "select sync.unmerge_customers(%s, %s) as s", (merge_id, by)
+            ).fetchone()
+        except psycopg.errors.RaiseException as exc:
+            raise ReviewError(str(exc.diag.message_primary)) from None
+        survivor, loser = merge["survivor_id"], merge["loser_id"]
+        if moved and moved["s"]:  # the survivor needs records of its own there again
+            _publish(settings, Relinked(customer_id=survivor, systems=moved["s"],
+                                        reason=f"merge {merge_id} undone",
+                                        source=_source("identity", merge_id)))  # fmt: skip
+    return survivor, loser
+
+
+def unlink(settings: Settings, system: str, external_id: str, *, by: str) -> tuple[str, str]:
+    """A record wrongly linked: it becomes a customer of its own, and the customer it was
+    linked to gets a new record in that system. Returns (old customer, new customer)."""
+    if system not in STAGING_TABLES:
+        raise ReviewError(f"{system!r} is not one of {', '.join(STAGING_TABLES)}")
+    with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
+        link = conn.execute(
+            "select customer_id::text from sync.identity_links where system = %s and"
+            " external_id = %s and archived_at is null for update", (system, external_id),
+        ).fetchone()  # fmt: skip
+        if link is None:
+            raise ReviewError(f"{system} record {external_id} is linked to no customer")
+        old = link["customer_id"]
+        change = _staged_change(settings, conn, system, external_id, old, "review", 0)
+        rules = load_rules(settings.ownership_file, settings.mapping_file,
+                           {"crm": settings.crm_vendor})  # fmt: skip
+        values, _ = decode(rules.mappings[system], change.properties, GoldenRecord(id=""))
+        new = str(uuid.uuid4())
+        conn.execute(*new_customer_sql(new, values))
+        conn.execute(
+            "update sync.identity_links set customer_id = %s, method = 'review',"
+            " pushed_hash = null where system = %s and external_id = %s",
+            (new, system, external_id),
+        )
+        _audit(conn, old, "unlinked",
+               f"{system} record {external_id} unlinked from {old} by {by}: now customer {new}",
+               f"unlink:{system}:{external_id}:{new}", {"unlink": [system, external_id],
+               "by": by}, before=old, after=new)  # fmt: skip
+        _publish(settings, Relinked(customer_id=old, systems=[system],
+                                    reason=f"{system} record {external_id} unlinked",
+                                    source=_source("identity", 0)))  # fmt: skip
+    return old, new

@@ -79,6 +79,11 @@ class Settings(BaseSettings):
     # remembered only this long).
     webhook_tolerance_seconds: float = Field(default=300.0, gt=0)
     poll_interval_seconds: float = Field(default=30.0, gt=0)
+    # Identity resolution (crmsync.domain.identity): a match at or above `identity_auto_link`
+    # links a record (or merges a canonical duplicate); one in [identity_review, auto_link)
+    # goes to the review queue; below, the record is a new customer.
+    identity_auto_link: float = Field(default=0.95, gt=0, le=1)
+    identity_review: float = Field(default=0.6, gt=0, le=1)
 
     ownership_file: Path = PROJECT_ROOT / "config" / "ownership.toml"
     mapping_file: Path = PROJECT_ROOT / "config" / "mapping.toml"

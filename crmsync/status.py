@@ -16,6 +16,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from crmsync.broker import STREAMS_APP_ID, Topics
+from crmsync.domain.inbound import STAGING_TABLES
 from crmsync.domain.ownership import TARGETS
 from crmsync.errors import ConfigError
 from crmsync.settings import Settings
@@ -76,10 +77,12 @@ def _database(settings: Settings) -> dict[str, Any]:
                    from unnest(%s::text[]) as t(target)""",
                 (list(TARGETS),),
             ).fetchall()
+            identity = _identity(conn)
     except psycopg.Error as exc:
         return {"state": "unreachable", "error": type(exc).__name__}
     assert row is not None
     return {
+        "identity": identity,
         "state": "running",
         "customers": row[0],
         "dead_letters": row[1],
@@ -90,6 +93,56 @@ def _database(settings: Settings) -> dict[str, Any]:
             t: {"links": links, "dead_letters_open": dead} for t, links, dead in per_target
         },
     }
+
+
+#: Link methods that were the matcher's own decision (the rest: created by crmsync itself,
+#: decided by a person, or a record moved by a merge).
+AUTO_LINKED = ("email", "phone", "fuzzy")
+
+
+def _identity(conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    """Identity resolution, from the durable record: per target, the records people made
+    there and what became of them (match rate: the share linked to an existing customer);
+    in the canonical database, the duplicates found and merged."""
+    systems = {}
+    for system in STAGING_TABLES:
+        methods = dict(conn.execute(
+            "select method, count(*) from sync.identity_links where system = %s"
+            " group by method", (system,)).fetchall())  # fmt: skip
+        review = conn.execute(
+            "select count(*) filter (where resolved_at is null), count(*) from sync.review_queue"
+            " where kind = 'identity' and system = %s", (system,)).fetchone()  # fmt: skip
+        assert review is not None
+        auto = sum(methods.get(m, 0) for m in AUTO_LINKED)
+        by_person = methods.get("review", 0)
+        new = methods.get("new", 0)
+        decided = auto + new + review[1]
+        systems[system] = {
+            "matched": decided, "auto_linked": auto, "linked_by_person": by_person,
+            "review_open": review[0], "new": new,
+            "match_rate": round((auto + by_person) / decided, 4) if decided else None,
+            "by_method": methods,
+        }  # fmt: skip
+    canonical = conn.execute(
+        """select (select count(*) from public.customers where deleted_at is null),
+                  (select count(*) from sync.merges where undone_at is null),
+                  (select count(*) from sync.merges where undone_at is not null),
+                  (select count(*) from sync.review_queue where kind = 'duplicate'),
+                  (select count(*) from sync.review_queue
+                   where kind = 'duplicate' and resolved_at is null)"""
+    ).fetchone()
+    assert canonical is not None
+    live, merged, undone, doubtful, doubtful_open = canonical
+    found = merged + undone + doubtful
+    total = live + merged
+    return {
+        "targets": systems,
+        "canonical": {
+            "duplicates_found": found, "merges": merged, "merges_undone": undone,
+            "review": doubtful, "review_open": doubtful_open,
+            "duplicate_rate": round(found / total, 4) if total else None,
+        },
+    }  # fmt: skip
 
 
 def consumer_lag(settings: Settings) -> dict[str, Any]:

@@ -6,6 +6,11 @@
 - `ingest` folds canonical changes and inbound ones into the customer's state with the pure
   `crmsync.domain.decide.apply`, and sends the resulting commands, write-back and change
   event; refused changes and conflicts go to `sync.audit_log` and `sync.review_queue`.
+- `identify` keeps the identity index (`sync.identity_index`) from the customers' changes and
+  finds duplicates as they arrive: a confident one is merged into the customer created first
+  (crmsync.identity), a doubtful one goes to the review queue. `stage` matches a record made
+  by hand in a target to a customer with the same index: it is linked, reviewed or made a
+  new customer.
 - `write_back` writes golden values into `public.customers`; `audit` records every applied
   change from the change feed in `sync.audit_log`.
 
@@ -30,14 +35,20 @@ from faust.types import Message
 from prometheus_client import Counter, start_http_server
 from pydantic import ValidationError
 
+from crmsync import identity
 from crmsync.broker import STATE_TABLE, STREAMS_APP_ID, Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
+from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
 from crmsync.domain.decide import CustomerState, Decision, GoldenChange, WriteBack, apply
-from crmsync.domain.events import CustomerChange, parse_customer_event
+from crmsync.domain.events import CustomerChange, SourcePosition, parse_customer_event
+from crmsync.domain.identity import Thresholds, person_of
 from crmsync.domain.inbound import (
     STAGING_TABLES,
     InboundChange,
+    Relinked,
     Resolution,
+    StagedRecord,
+    decode,
     parse_inbound,
     parse_staging_event,
 )
@@ -56,6 +67,9 @@ T = TypeVar("T")
 settings = load_settings()
 rules = load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
 topics = Topics(settings.topic_prefix)
+thresholds = Thresholds(settings.identity_auto_link, settings.identity_review)
+#: What a merge may fill in the survivor from the loser: the fields apps may write.
+MERGE_FILL = sorted(f for f in SYNCED_FIELDS if rules.ownership.may_change("canonical", f))
 
 app = faust.App(
     STREAMS_APP_ID,
@@ -81,6 +95,7 @@ def _topic(*names: str) -> faust.TopicT:
 
 # Canonical changes and inbound ones share the ingest agent; both are keyed {"id": <customer>}.
 changes_in = _topic(topics.customers_cdc, topics.inbound)
+customers_cdc = _topic(topics.customers_cdc)
 inbound = _topic(topics.inbound)
 staged_systems = {topics.cdc(f"staging.{table}"): system
                   for system, table in STAGING_TABLES.items()
@@ -100,6 +115,8 @@ CHANGES = Counter("crmsync_streams_changes", "Golden-record changes published")
 REFUSED = Counter("crmsync_streams_refused", "Changes not applied", ["system", "outcome"])
 WRITTEN_BACK = Counter("crmsync_streams_written_back", "Fields written to public.customers")
 DEAD = Counter("crmsync_streams_dead_letters", "Records dead-lettered at ingest")
+MATCHED = Counter("crmsync_identity_matched", "Target records matched", ["system", "outcome"])
+DUPLICATES = Counter("crmsync_identity_duplicates", "Canonical duplicates found", ["outcome"])
 
 
 class Database:
@@ -132,6 +149,7 @@ class Database:
 
 
 ingest_db, stage_db, write_back_db, audit_db = Database(), Database(), Database(), Database()
+identify_db = Database()
 
 
 @app.task
@@ -152,7 +170,7 @@ async def dead_letter(message: Message, error: str, db: Database = ingest_db) ->
     DEAD.inc()
 
 
-def parse(message: Message) -> CustomerChange | InboundChange | Resolution | None:
+def parse(message: Message) -> CustomerChange | InboundChange | Resolution | Relinked | None:
     if message.topic == topics.inbound:
         return parse_inbound(message.value)
     change = parse_customer_event(
@@ -273,23 +291,109 @@ async def stage(stream: faust.StreamT[bytes]) -> None:
             continue
         if staged is None:
             continue
+        link = None
         customer_id = staged.customer_id or await customer_of(system, staged.external_id)
-        if customer_id is None:  # made in the target by hand: identity resolution's work
-            INBOUND.labels(system, "unlinked").inc()
-            log.info("%s record %s is linked to no customer", system, staged.external_id)
-            continue
+        if customer_id is None:  # made in the target by hand: who is it?
+            if staged.deleted:
+                continue
+            resolved = await match_record(system, staged)
+            MATCHED.labels(system, resolved.outcome).inc()
+            if resolved.outcome != "link":  # reviewed, or a new customer's insert carries it
+                continue
+            customer_id, link = resolved.customer_id, resolved.method
         change = InboundChange(
             customer_id=customer_id,
             system=system,
             properties=staged.properties,
-            previous=staged.previous,
+            previous=None if link else staged.previous,
             deleted=staged.deleted,
             source=staged.source,
+            link=link,
         )
         INBOUND.labels(system, "routed").inc()
-        await inbound.send(
-            key=orjson.dumps({"id": customer_id}), value=change.model_dump_json().encode()
-        )
+        await route(customer_id, change)
+
+
+async def route(customer_id: str, change: InboundChange | Relinked) -> None:
+    """Onto `crmsync.inbound`, keyed like the customers topic: the customer's partition."""
+    await inbound.send(
+        key=orjson.dumps({"id": customer_id}), value=change.model_dump_json().encode()
+    )
+
+
+async def match_record(system: str, staged: StagedRecord) -> identity.Resolved:
+    values, _ = decode(rules.mappings[system], staged.properties, GoldenRecord(id=""))
+    resolved = await stage_db.run(
+        partial(identity.resolve_record, system=system, external_id=staged.external_id,
+                values=values, thresholds=thresholds)
+    )  # fmt: skip
+    log.info("%s record %s: %s %s (%s, %.2f)", system, staged.external_id, resolved.outcome,
+             resolved.customer_id or "", resolved.method or "-", resolved.confidence)  # fmt: skip
+    return resolved
+
+
+@app.agent(customers_cdc)
+async def identify(stream: faust.StreamT[bytes]) -> None:
+    """Index every customer as it changes, and look for a duplicate of each one an app
+    created or changed (a snapshot read is only indexed: it is the initial load)."""
+    async for batch in stream.take_events(500, within=0.1):
+        current: dict[str, tuple[GoldenRecord | None, bool]] = {}
+        for event in batch:
+            m = event.message
+            try:
+                change = parse_customer_event(
+                    m.key, m.value, topic=m.topic, partition=m.partition, offset=m.offset
+                )
+            except (ValidationFailed, ValidationError):
+                continue  # ingest dead-letters it with the reason
+            if change is None:
+                continue
+            record = change.record if change.record and not change.record.deleted_at else None
+            moved = record is not None and not change.source.snapshot and (
+                change.before is None or person_of(change.before) != person_of(record)
+            )  # fmt: skip
+            check = moved or current.get(change.customer_id, (None, False))[1]
+            current[change.customer_id] = (record, check)
+        await identify_db.run(
+            partial(identity.index_customers,
+                    records=[(cid, rec) for cid, (rec, _) in current.items()])
+        )  # fmt: skip
+        for record, check in current.values():
+            if record is not None and check:
+                await find_duplicate(record)
+
+
+async def find_duplicate(record: GoldenRecord) -> None:
+    verdict = await identify_db.run(
+        partial(identity.find_duplicate, record=record, thresholds=thresholds)
+    )
+    if verdict.outcome == "review":
+        DUPLICATES.labels("review").inc()
+        await identify_db.run(partial(identity.review_duplicate, record=record, verdict=verdict))
+        return
+    if verdict.outcome != "link":
+        return
+    assert verdict.customer_id is not None
+    merged = await identify_db.run(
+        partial(identity.merge, pair=(record.id, verdict.customer_id),
+                method=verdict.method or "fuzzy", confidence=verdict.confidence,
+                by="crmsync", fill=MERGE_FILL)
+    )  # fmt: skip
+    if merged is None:
+        return
+    merge_id, survivor, loser, moved = merged
+    DUPLICATES.labels("merged").inc()
+    log.info("merged %s into %s (merge %d, %s %.2f)", loser, survivor, merge_id,
+             verdict.method, verdict.confidence)  # fmt: skip
+    if moved:  # the loser's records there are the survivor's now: write them whole
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        source = SourcePosition(system="identity", topic="sync.merges", partition=0,
+                                offset=merge_id, op="u", tx_id=now, ts_ms=now)  # fmt: skip
+        await route(
+            survivor,
+            Relinked(customer_id=survivor, systems=moved, reason=f"merge {merge_id}",
+                     source=source),
+        )  # fmt: skip
 
 
 @app.agent(writebacks)

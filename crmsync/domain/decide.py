@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
 from crmsync.domain.events import CustomerChange, SourcePosition
-from crmsync.domain.inbound import InboundChange, Resolution, decode
+from crmsync.domain.inbound import InboundChange, Relinked, Resolution, decode
 
 if TYPE_CHECKING:  # crmsync.rules imports the domain: a runtime import would be circular
     from crmsync.rules import SyncRules
@@ -553,6 +553,8 @@ def _apply_inbound(
         return Decision(state=new_state, commands=[command], change=None, attempts=[attempt])
 
     incoming, problems = decode(mapping, change.properties, golden)
+    if change.link is not None:
+        return _apply_link(state, change, incoming, rules, now)
     if change.previous is None:
         # The first copy of a record (our create coming back, maybe already edited there).
         # Where we sent no value, what it holds is its own default (Zendesk's time zone and
@@ -598,6 +600,93 @@ def _apply_inbound(
     return decision.model_copy(update={"invalid": invalid}) if invalid else decision
 
 
+def _full_write(
+    customer_id: str, source: SourcePosition, target: str, rules: SyncRules, record: GoldenRecord
+) -> Command:
+    """The whole of `record` for `target`, whatever it was last told."""
+    mapping = rules.mappings[target]
+    desired = _desired(record, target, rules)
+    return Command(
+        idempotency_key=_command_key(customer_id, source, target),
+        target=target, customer_id=customer_id, action="upsert",
+        id_property=mapping.id_property, properties=desired, full=True,
+        desired_hash=fingerprint(desired), force=True, source=source,
+    )  # fmt: skip
+
+
+def _apply_link(
+    state: CustomerState,
+    change: InboundChange,
+    incoming: dict[str, Any],
+    rules: SyncRules,
+    now: str,
+) -> Decision:
+    """A record a person made in a target, just linked to this customer: it fills the
+    golden record's empty fields its system may change, and then holds the whole golden
+    record (its other differing values are recorded as rejected: the target is overwritten
+    there, so the audit says with what)."""
+    assert state.golden is not None
+    golden, source, customer_id, system = (
+        state.golden,
+        change.source,
+        change.customer_id,
+        change.system,
+    )
+    ownership = rules.ownership
+    gaps = {
+        f: v for f, v in incoming.items()
+        if v is not None and getattr(golden, f) is None and ownership.may_change(system, f)
+    }  # fmt: skip
+    at = source.ts_ms or 0
+    correlation = _correlation_id(customer_id, source)
+    overwritten = {
+        f: v for f, v in incoming.items()
+        if f not in gaps and f in ownership.fields and v != getattr(golden, f)
+    }  # fmt: skip
+    attempts = []
+    for field, value in sorted(overwritten.items()):
+        attempt = Attempt(
+            key=fingerprint([correlation, field]), customer_id=customer_id, system=system,
+            field=field, current=getattr(golden, field), proposed=value,
+            current_source=state.sources.get(field, ("canonical", state.since)),
+            outcome="rejected", correlation_id=correlation, cause=source,
+            reason=f"{system} record linked by {change.link}: the golden value stays",
+        )  # fmt: skip
+        attempts.append(attempt)
+    new_golden = golden.model_copy(update=gaps)
+    pushed, commands = _commands(
+        state, new_golden, source, customer_id, rules, deleted=False, skip=system
+    )
+    write = _full_write(customer_id, source, system, rules, new_golden)
+    commands.append(write)
+    pushed[system] = TargetPush(hash=write.desired_hash)
+    writeback = None
+    if gaps:
+        writeback = _writeback(customer_id, source, system, gaps, dict.fromkeys(gaps))
+    sources = {**state.sources, **{f: (system, at) for f in gaps}}
+    new_state = state.model_copy(
+        update={"golden": new_golden, "pushed": pushed, "sources": sources}
+    )
+    return _updated(state, new_state, commands, source, now, writeback, attempts)
+
+
+def _apply_relinked(
+    state: CustomerState | None, relinked: Relinked, rules: SyncRules, now: str
+) -> Decision | None:
+    """The customer's records in some systems changed hands: write it whole there."""
+    if state is None or state.golden is None or state.deleted:
+        return None
+    pushed = dict(state.pushed)
+    commands = []
+    for system in relinked.systems:
+        if system in rules.mappings:
+            write = _full_write(relinked.customer_id, relinked.source, system, rules, state.golden)
+            commands.append(write)
+            pushed[system] = TargetPush(hash=write.desired_hash)
+    return Decision(state=state.model_copy(update={"pushed": pushed}), commands=commands,
+                    change=None)  # fmt: skip
+
+
 def _apply_resolution(
     state: CustomerState | None, resolution: Resolution, rules: SyncRules, now: str
 ) -> Decision | None:
@@ -627,7 +716,7 @@ def _apply_resolution(
 
 def apply(
     state: CustomerState | None,
-    change: CustomerChange | InboundChange | Resolution,
+    change: CustomerChange | InboundChange | Resolution | Relinked,
     rules: SyncRules,
     now: str,
 ) -> Decision | None:
@@ -637,4 +726,6 @@ def apply(
         return _apply_inbound(state, change, rules, now)
     if isinstance(change, Resolution):
         return _apply_resolution(state, change, rules, now)
+    if isinstance(change, Relinked):
+        return _apply_relinked(state, change, rules, now)
     return _apply_canonical(state, change, rules, now)

@@ -25,6 +25,7 @@ from crmsync.errors import ValidationFailed
 __all__ = [
     "STAGING_TABLES",
     "InboundChange",
+    "Relinked",
     "Resolution",
     "StagedRecord",
     "decode",
@@ -68,6 +69,24 @@ class InboundChange(BaseModel):
     previous: dict[str, Any] | None
     deleted: bool
     source: SourcePosition
+    #: Set when identity resolution has just linked this record (made in the target by a
+    #: person) to the customer, by this method: the golden record keeps its values, the
+    #: record fills the golden record's gaps, and the whole golden record is written to it.
+    link: str | None = None
+
+
+class Relinked(BaseModel):
+    """The customer's record in `systems` changed hands (a merge moved the loser's record to
+    it, or undoing one took a record away): write the whole golden record there, whatever
+    the state says those systems were last told."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["relinked"] = "relinked"
+    customer_id: str
+    systems: list[str]
+    reason: str
+    source: SourcePosition
 
 
 class Resolution(BaseModel):
@@ -85,7 +104,7 @@ class Resolution(BaseModel):
     source: SourcePosition
 
 
-def parse_inbound(value: bytes) -> InboundChange | Resolution:
+def parse_inbound(value: bytes) -> InboundChange | Resolution | Relinked:
     """A `crmsync.inbound` record (ValidationFailed or pydantic's ValidationError if bad)."""
     try:
         document = orjson.loads(value)
@@ -93,6 +112,8 @@ def parse_inbound(value: bytes) -> InboundChange | Resolution:
         raise ValidationFailed("value", f"not JSON: {exc}") from None
     if isinstance(document, dict) and document.get("kind") == "resolution":
         return Resolution.model_validate(document)
+    if isinstance(document, dict) and document.get("kind") == "relinked":
+        return Relinked.model_validate(document)
     return InboundChange.model_validate(document)
 
 

@@ -1,0 +1,242 @@
+"""Identity resolution's database edge: the index of who every customer is, links, merges.
+
+`sync.identity_index` holds each live customer's `Person` and blocking keys (a GIN index
+finds the customers sharing a key with a record). The matcher itself is pure
+(`crmsync.domain.identity`); here are the reads it needs and the writes its verdicts make:
+an identity link, a review item, a new customer, or a merge (`sync.merge_customers`).
+
+Survivor rule for a merge: the customer created first survives (then the lower id), so the
+record apps and targets have known longest keeps its id.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import AsyncConnection, sql
+from psycopg.types.json import Jsonb
+
+from crmsync.domain.customer import GoldenRecord
+from crmsync.domain.identity import (
+    Candidate,
+    Match,
+    Person,
+    Thresholds,
+    blocking_keys,
+    match,
+    person_of,
+)
+
+__all__ = [
+    "CANDIDATE_LIMIT",
+    "Resolved",
+    "candidates",
+    "find_duplicate",
+    "index_customers",
+    "merge",
+    "new_customer_sql",
+    "resolve_record",
+    "review_duplicate",
+]
+
+#: The most customers one record is scored against: blocks stay small, and a key shared by
+#: more (a switchboard phone, a generic address) says little anyway.
+CANDIDATE_LIMIT = 50
+
+_PERSON_COLUMNS = (
+    "email, phone, first_name, last_name, company, street, postal_code, city, birth_date"
+)
+_INDEX_SQL = f"""
+    insert into sync.identity_index (customer_id, {_PERSON_COLUMNS}, keys, updated_at)
+    values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now())
+    on conflict (customer_id) do update set
+        email = excluded.email, phone = excluded.phone, first_name = excluded.first_name,
+        last_name = excluded.last_name, company = excluded.company, street = excluded.street,
+        postal_code = excluded.postal_code, city = excluded.city,
+        birth_date = excluded.birth_date, keys = excluded.keys, updated_at = now()"""
+_CANDIDATES_SQL = f"""
+    select customer_id::text, {_PERSON_COLUMNS} from sync.identity_index
+    where keys && %s::text[] and customer_id <> all(%s::uuid[]) limit {CANDIDATE_LIMIT}"""
+_LINK_SQL = """
+    insert into sync.identity_links (system, external_id, customer_id, method, confidence)
+    values (%s, %s, %s, %s, %s) on conflict do nothing"""
+_REVIEW_SQL = """
+    insert into sync.review_queue (kind, customer_id, system, proposed, reason, key)
+    values (%s, %s, %s, %s, %s, %s) on conflict (key) do nothing"""
+
+
+async def index_customers(
+    conn: AsyncConnection[Any], records: list[tuple[str, GoldenRecord | None]]
+) -> None:
+    """Index each customer as it now is (None: deleted or merged, so no longer matched)."""
+    gone = [cid for cid, record in records if record is None]
+    rows = []
+    for customer_id, record in records:
+        if record is not None:
+            person = person_of(record)
+            rows.append((customer_id, *person.row(), blocking_keys(person)))
+    async with conn.transaction(), conn.cursor() as cursor:
+        if rows:
+            await cursor.executemany(_INDEX_SQL, rows)
+        if gone:
+            await cursor.execute(
+                "delete from sync.identity_index where customer_id = any(%s::uuid[])", (gone,)
+            )
+
+
+async def candidates(
+    conn: AsyncConnection[Any], person: Person, exclude: list[str] | None = None
+) -> list[Candidate]:
+    """The customers that share a blocking key with `person` (at most CANDIDATE_LIMIT)."""
+    keys = blocking_keys(person)
+    if not keys:
+        return []
+    cursor = await conn.execute(_CANDIDATES_SQL, (keys, exclude or []))
+    return [Candidate(row[0], Person(*row[1:])) for row in await cursor.fetchall()]
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What became of an external record: linked to `customer_id` (by `method`), parked for a
+    person (`review`), or made a new customer (`new`, whose insert carries its values)."""
+
+    outcome: str  # "link" | "review" | "new"
+    customer_id: str | None
+    method: str | None = None
+    confidence: float = 0.0
+
+
+def _proposed(match_: Match, record: dict[str, Any], external_id: str) -> Jsonb:
+    return Jsonb({
+        "external_id": external_id,
+        "record": record,
+        "candidates": [{"customer_id": c, "confidence": s} for c, s in match_.candidates],
+    })  # fmt: skip
+
+
+async def resolve_record(
+    conn: AsyncConnection[Any],
+    system: str,
+    external_id: str,
+    values: dict[str, Any],
+    thresholds: Thresholds,
+) -> Resolved:
+    """Match a record made in `system` (its values decoded into golden fields) and act on
+    the verdict, in one transaction."""
+    person = person_of(values)
+    async with conn.transaction():
+        found = await candidates(conn, person)
+        verdict = match(person, found, thresholds)
+        if verdict.outcome == "link":
+            assert verdict.customer_id is not None
+            cursor = await conn.execute(
+                "select external_id from sync.identity_links"
+                " where system = %s and customer_id = %s and external_id <> %s",
+                (system, verdict.customer_id, external_id),
+            )
+            held = await cursor.fetchone()
+            if held is None:
+                await conn.execute(
+                    _LINK_SQL,
+                    (system, external_id, verdict.customer_id, verdict.method,
+                     verdict.confidence),
+                )  # fmt: skip
+                return Resolved("link", verdict.customer_id, verdict.method, verdict.confidence)
+            reason = (
+                f"{system} record {external_id} matches customer {verdict.customer_id}"
+                f" ({verdict.method}, {verdict.confidence:.2f}), whose {system} record is"
+                f" {held[0]}: a duplicate in {system}"
+            )
+        elif verdict.outcome == "review":
+            reason = (
+                f"{system} record {external_id} may be an existing customer"
+                f" (best {verdict.confidence:.2f}): link it or make it a new customer"
+            )
+        elif not (person.email or person.phone or person.last_name):
+            reason = f"{system} record {external_id} has no email, phone or name to match by"
+        else:
+            customer_id = str(uuid.uuid4())
+            await conn.execute(*new_customer_sql(customer_id, values))
+            await conn.execute(_LINK_SQL, (system, external_id, customer_id, "new", 1.0))
+            return Resolved("new", customer_id, "new", 1.0)
+        await conn.execute(
+            _REVIEW_SQL,
+            ("identity", None, system, _proposed(verdict, values, external_id), reason,
+             f"identity:{system}:{external_id}"),
+        )  # fmt: skip
+        return Resolved("review", None)
+
+
+def new_customer_sql(customer_id: str, values: dict[str, Any]) -> tuple[sql.Composed, tuple]:
+    """The insert of a new canonical customer with these (golden-record) values."""
+    columns = [f for f, v in values.items() if v is not None]
+    insert = sql.SQL("insert into public.customers ({}) values ({})").format(
+        sql.SQL(", ").join(map(sql.Identifier, ["id", *columns])),
+        sql.SQL(", ").join(sql.Placeholder() * (len(columns) + 1)),
+    )
+    return insert, (customer_id, *(values[c] for c in columns))
+
+
+async def find_duplicate(
+    conn: AsyncConnection[Any], record: GoldenRecord, thresholds: Thresholds
+) -> Match:
+    """The verdict on a canonical customer against every other live one."""
+    person = person_of(record)
+    return match(person, await candidates(conn, person, exclude=[record.id]), thresholds)
+
+
+async def merge(
+    conn: AsyncConnection[Any],
+    pair: tuple[str, str],
+    method: str,
+    confidence: float,
+    by: str,
+    fill: list[str],
+) -> tuple[int, str, str, list[str]] | None:
+    """Merge two customers by the survivor rule: (merge id, survivor, loser, systems whose
+    record moved to the survivor), or None when one is gone or merged already."""
+    async with conn.transaction():
+        cursor = await conn.execute(
+            "select id::text from public.customers where id = any(%s::uuid[])"
+            " order by created_at, id",
+            (list(pair),),
+        )
+        order = [row[0] for row in await cursor.fetchall()]
+        if len(order) != 2:
+            return None
+        survivor, loser = order
+        cursor = await conn.execute(
+            "select sync.merge_customers(%s, %s, %s, %s, %s, %s)",
+            (survivor, loser, method, confidence, by, fill),
+        )
+        row = await cursor.fetchone()
+        if row is None or row[0] is None:
+            return None
+        await conn.execute("delete from sync.identity_index where customer_id = %s", (loser,))
+        cursor = await conn.execute(
+            "select array(select value->>0 from jsonb_array_elements(moved_links) value)"
+            " from sync.merges where id = %s",
+            (row[0],),
+        )
+        moved = await cursor.fetchone()
+        return row[0], survivor, loser, list(moved[0]) if moved else []
+
+
+async def review_duplicate(
+    conn: AsyncConnection[Any], record: GoldenRecord, verdict: Match
+) -> None:
+    """Park a doubtful canonical duplicate for a person (once per pair)."""
+    other = verdict.candidates[0][0]
+    pair = sorted((record.id, other))
+    await conn.execute(
+        _REVIEW_SQL,
+        ("duplicate", record.id, "canonical",
+         Jsonb({"customers": pair, "confidence": verdict.confidence,
+                "candidates": [{"customer_id": c, "confidence": s}
+                               for c, s in verdict.candidates]}),
+         f"customers {pair[0]} and {pair[1]} may be one person"
+         f" (confidence {verdict.confidence:.2f}): merge them or keep them apart",
+         f"duplicate:{pair[0]}:{pair[1]}"),
+    )  # fmt: skip
