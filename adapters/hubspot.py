@@ -3,8 +3,10 @@ requests (adapters.target.TargetClient for contacts or companies).
 
 Upserts go to ``batch/upsert`` keyed by crmsync's id property, each input tagged with an
 ``objectWriteTraceId`` so HubSpot answers per input (a 207 names the inputs it refused) instead
-of failing the whole batch for one bad record. Archives go to ``batch/archive``, which answers
-204 whether or not the records still exist.
+of failing the whole batch for one bad record. A contact made in HubSpot by hand and adopted by
+identity resolution lacks that property, so it goes to ``batch/update`` by its HubSpot id
+instead (setting the property there). Archives go to ``batch/archive``, which answers 204
+whether or not the records still exist.
 
 The inbound side (adapters.inbound) reads through the same client: ``batch/read`` for the
 contacts webhook events name, ``search`` by modification time for polling.
@@ -12,7 +14,7 @@ contacts webhook events name, ``search`` by modification time for polling.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -112,7 +114,8 @@ class HubSpotClient:
     """One HubSpot object type (contacts by default) as a TargetClient.
 
     Records are matched by ``id_property``, a unique-value custom property holding crmsync's
-    customer id, which every upsert's properties carry.
+    customer id, which every upsert's properties carry; adopted records (`Upsert.adopt`) by
+    their HubSpot id.
     """
 
     vendor = "hubspot"
@@ -149,19 +152,15 @@ class HubSpotClient:
             for item in items
             if not item.properties.get(self.id_property)
         ]
-        if not keyed:
-            return outcomes
-        inputs = [
-            {
-                "idProperty": self.id_property,
-                "id": encode_value(item.properties[self.id_property]),
-                "properties": {k: encode_value(v) for k, v in item.properties.items()},
-                "objectWriteTraceId": str(n),
-            }
-            for n, item in keyed
-        ]
-        body = await self._post(f"{self._objects}/batch/upsert", {"inputs": inputs})
-        return outcomes + self._upsert_outcomes(keyed, body)
+        adopted = [(n, item) for n, item in keyed if item.adopt]
+        upserted = [(n, item) for n, item in keyed if not item.adopt]
+        if upserted:
+            outcomes += await self._upsert(upserted)
+        if adopted:
+            if upserted:
+                await self.pace()  # a second request in this call
+            outcomes += await self._update(adopted)
+        return outcomes
 
     async def archive(self, items: list[Archive]) -> list[Outcome]:
         if items:
@@ -228,33 +227,80 @@ class HubSpotClient:
             raise TransientError(f"unreadable HTTP {response.status_code} answer: {exc}") from exc
         return answer if isinstance(answer, dict) else {}
 
-    def _upsert_outcomes(
-        self, keyed: list[tuple[int, Upsert]], body: Mapping[str, Any]
-    ) -> list[Outcome]:
-        """Match results and errors back to inputs by trace id (by id value as a fallback)."""
+    async def _upsert(self, keyed: list[tuple[int, Upsert]]) -> list[Outcome]:
+        """``batch/upsert`` by the id property: creates what HubSpot does not have yet."""
         key = self.id_property
-        trace_of_key = {encode_value(item.properties[key]): str(n) for n, item in keyed}
-        external_ids: dict[str, str] = {}
-        for result in body.get("results", []):
-            trace = result.get("objectWriteTraceId") or trace_of_key.get(
-                str(result.get("properties", {}).get(key))
-            )
-            if trace is not None:
-                external_ids[trace] = str(result["id"])
-        errors = list(body.get("errors", []))
-        refusals = dict(_refusals_by_trace(errors))
-        unexplained = orjson.dumps(errors).decode() if errors else "HubSpot returned no result"
-        return [
-            Outcome(item.customer_id, external_id=external_ids[str(n)])
-            if str(n) in external_ids
-            else Outcome(item.customer_id, error=refusals.get(str(n), unexplained))
+        inputs = [
+            {
+                "idProperty": key,
+                "id": encode_value(item.properties[key]),
+                "properties": {k: encode_value(v) for k, v in item.properties.items()},
+                "objectWriteTraceId": str(n),
+            }
             for n, item in keyed
         ]
+        body = await self._post(f"{self._objects}/batch/upsert", {"inputs": inputs})
+        return _outcomes(
+            keyed, body,
+            input_key=lambda item: encode_value(item.properties[key]),
+            result_key=lambda result: str(result.get("properties", {}).get(key)),
+        )  # fmt: skip
+
+    async def _update(self, keyed: list[tuple[int, Upsert]]) -> list[Outcome]:
+        """``batch/update`` by HubSpot's own id: never creates (an id HubSpot does not have
+        live is a refusal of that input)."""
+        inputs = [
+            {
+                "id": item.external_id,
+                "properties": {k: encode_value(v) for k, v in item.properties.items()},
+                "objectWriteTraceId": str(n),
+            }
+            for n, item in keyed
+        ]
+        body = await self._post(f"{self._objects}/batch/update", {"inputs": inputs})
+        return _outcomes(
+            keyed, body,
+            input_key=lambda item: str(item.external_id),
+            result_key=lambda result: str(result.get("id")),
+        )  # fmt: skip
 
 
-def _refusals_by_trace(errors: Iterable[Mapping[str, Any]]) -> Iterable[tuple[str, str]]:
-    """Each refused input's trace id with HubSpot's error entry for it, as text."""
+def _outcomes(
+    keyed: list[tuple[int, Upsert]],
+    body: Mapping[str, Any],
+    input_key: Callable[[Upsert], str],
+    result_key: Callable[[Mapping[str, Any]], str],
+) -> list[Outcome]:
+    """Match a batch write's results and errors back to its inputs by trace id, or where
+    HubSpot leaves it out by key: `input_key` of an input against `result_key` of a result, or
+    against the ids an error names."""
+    trace_of_key = {input_key(item): str(n) for n, item in keyed}
+    external_ids: dict[str, str] = {}
+    for result in body.get("results", []):
+        trace = result.get("objectWriteTraceId") or trace_of_key.get(result_key(result))
+        if trace is not None:
+            external_ids[trace] = str(result["id"])
+    errors = list(body.get("errors", []))
+    refusals = dict(_refusals(errors, trace_of_key))
+    unexplained = orjson.dumps(errors).decode() if errors else "HubSpot returned no result"
+    return [
+        Outcome(item.customer_id, external_id=external_ids[str(n)])
+        if str(n) in external_ids
+        else Outcome(item.customer_id, error=refusals.get(str(n), unexplained))
+        for n, item in keyed
+    ]
+
+
+def _refusals(
+    errors: Iterable[Mapping[str, Any]], trace_of_key: Mapping[str, str]
+) -> Iterable[tuple[str, str]]:
+    """Each refused input's trace id with HubSpot's error entry for it, as text: an entry names
+    inputs by trace id, or (objects ``batch/update`` could not find) by their ids."""
     for error in errors:
         text = orjson.dumps(error).decode()
-        for trace in error.get("context", {}).get("objectWriteTraceId", []):
+        context = error.get("context", {})
+        for trace in context.get("objectWriteTraceId", []):
             yield str(trace), text
+        for key in context.get("ids", []):
+            if str(key) in trace_of_key:
+                yield trace_of_key[str(key)], text

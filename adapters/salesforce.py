@@ -3,8 +3,11 @@ Salesforce requests.
 
 Upserts go to ``PATCH /composite/sobjects/{sObject}/{external id field}`` and archives to
 ``DELETE /composite/sobjects?ids=...``, both with ``allOrNone=false`` so one refused record
-never blocks the other 199. Property names are Salesforce field names (``Email``, ``FirstName``,
-``MailingCity``, custom ``*__c``); the id property is the external id field.
+never blocks the other 199. A record made in Salesforce by hand and adopted by identity
+resolution has no external id yet, so an upsert by it would create a second one: adopted
+records are updated by their record Id instead (``PATCH /composite/sobjects``, also up to 200),
+which sets the external id field. Property names are Salesforce field names (``Email``,
+``FirstName``, ``MailingCity``, custom ``*__c``); the id property is the external id field.
 """
 
 from __future__ import annotations
@@ -110,10 +113,25 @@ class SalesforceClient:
 
     async def upsert(self, items: list[Upsert]) -> list[Outcome]:
         self._check_batch(items)
-        if not items:
-            return []
-        records = [{"attributes": {"type": self._sobject}, **item.properties} for item in items]
-        path = f"{self._base}/composite/sobjects/{self._sobject}/{self._external_id_field}"
+        adopted = [item for item in items if item.adopt]
+        upserted = [item for item in items if not item.adopt]
+        outcomes = []
+        if upserted:
+            by_key = f"{self._base}/composite/sobjects/{self._sobject}/{self._external_id_field}"
+            outcomes += await self._save(by_key, upserted, [item.properties for item in upserted])
+        if adopted:
+            if upserted:
+                await self.pace()  # a second request in this call
+            by_id = [{"id": item.external_id, **item.properties} for item in adopted]
+            outcomes += await self._save(f"{self._base}/composite/sobjects", adopted, by_id)
+        return outcomes
+
+    async def _save(
+        self, path: str, items: list[Upsert], fields: list[dict[str, Any]]
+    ) -> list[Outcome]:
+        """PATCH one record of `fields` per item to an sObject Collections resource, each
+        record standing or failing alone; one Outcome per item."""
+        records = [{"attributes": {"type": self._sobject}, **values} for values in fields]
         response = await self._send(
             "PATCH",
             path,

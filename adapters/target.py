@@ -49,6 +49,11 @@ class Upsert:
     #: restored customer gets a new record, and a create keyed by customer alone would replay
     #: the deleted one.
     archived_external_id: str | None = None
+    #: The record at `external_id` was made in the target and linked to the customer by
+    #: identity resolution; it does not carry our id property yet, so write to it by the
+    #: target's own id (and set the id property there): a write keyed by the id property
+    #: would create a second record.
+    adopt: bool = False
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,9 @@ maximum and up to the plan's concurrency, each request through the circuit break
 quota throttle, retried on 429/5xx/timeouts. What the target refuses is dead-lettered
 (`sync.dead_letters`, mirrored onto the dead-letter topic by Debezium) without holding up the
 rest; then the offsets are committed. Delivery is at-least-once; upserts by the external key
-(Stripe: idempotency keys) make it effectively once.
+(Stripe: idempotency keys) make it effectively once. A record identity resolution linked to a
+customer (made in the target, so without crmsync's id yet) is written by its own id until a
+write to it is known to have landed (`Link.adopted`).
 
 `run_adapter` also runs the target's inbound side (adapters.inbound) in the same process, so
 its reads go through the same `TargetAdapter.call` and count against the same quota.
@@ -69,7 +71,7 @@ QUOTA_LIMIT = Gauge("crmsync_adapter_quota_limit", "Requests allowed", ["target"
 QUOTA_USED = Gauge("crmsync_adapter_quota_used", "Requests sent in window", ["target", "window"])
 
 _LINKS_SQL = """
-    select customer_id::text, external_id, pushed_hash, archived_at is not null
+    select customer_id::text, external_id, pushed_hash, archived_at is not null, method
     from sync.identity_links where system = %s and customer_id = any(%s::uuid[])"""
 _LINK_UPSERT_SQL = """
     insert into sync.identity_links
@@ -91,6 +93,16 @@ class Link:
     external_id: str
     pushed_hash: str | None
     archived: bool
+    #: How the link was made: "created" by this adapter, else by identity resolution
+    #: ("email", "phone", "fuzzy", "review", "external_id") to a record made in the target.
+    method: str
+
+    @property
+    def adopted(self) -> bool:
+        """A record made in the target and not known to hold our write (none sent yet, or the
+        last one refused): it may lack our id property, so it is written by its own id
+        (adapters.target.Upsert.adopt)."""
+        return self.method != "created" and self.pushed_hash is None and not self.archived
 
 
 def _window_name(seconds: float) -> str:
@@ -269,8 +281,9 @@ class TargetAdapter:
                 return Upsert(write.customer_id, write.properties, None, write.idempotency_key,
                               archived_external_id=link.external_id)  # fmt: skip
             return Upsert(
-                write.customer_id, write.properties, link.external_id, write.idempotency_key
-            )
+                write.customer_id, write.properties, link.external_id, write.idempotency_key,
+                adopt=link.adopted,
+            )  # fmt: skip
 
         try:
             outcomes = await self.call(lambda: self.client.upsert([item(w) for w in writes]))
@@ -317,6 +330,31 @@ class TargetAdapter:
             error = f"{self.target} record {external_id} is already linked to another customer"
             await self.dead_letter_write(write, error, 1)
         DELIVERED.labels(self.target, "upsert").inc(len(delivered) - len(claimed))
+        if claimed:
+            await self.restore_owners([external_id for _, external_id, _, _ in claimed])
+
+    async def restore_owners(self, external_ids: list[str]) -> None:
+        """A vendor that matches writes by email (Zendesk) wrote another customer over these
+        records (a duplicate, about to be merged): write their owners back over them."""
+        async with self._db:
+            cursor = await self.conn.execute(
+                "select customer_id::text from sync.identity_links where system = %s"
+                " and external_id = any(%s) and archived_at is null",
+                (self.target, external_ids),
+            )
+            owners = [row[0] for row in await cursor.fetchall()]
+            states = await desired_states(self.conn, self.rules, self.target, owners)
+            links = await self.links(owners)
+        id_property = self.rules.mappings[self.target].id_property
+        writes = [
+            Write(owner, "upsert", id_property, state.properties, state.desired_hash,
+                  full=True, lane="update", force=True)
+            for owner, state in states.items()
+            if isinstance(state, Desired) and state.action == "upsert"
+        ]  # fmt: skip
+        if writes:
+            log.warning("%s: writing %d records back to their owners", self.target, len(writes))
+            await self.upsert(writes, links)
 
     async def archive(self, writes: list[tuple[Write, Link]]) -> None:
         items = [Archive(w.customer_id, link.external_id, w.idempotency_key) for w, link in writes]

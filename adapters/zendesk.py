@@ -2,10 +2,13 @@
 
 Upserts go through ``users/create_or_update_many`` (up to 100 users a request; Zendesk matches
 each by ``external_id``, the canonical customer id, else by email) and archives through
-``users/destroy_many`` (a soft delete). Both answer a queued job status and do the work in the
-background, so the client polls ``job_statuses/{id}`` with a doubling delay until the job has
-completed, then reads one result per user. Polls count against the same per-minute quota as
-every other request, hence the sparing delays.
+``users/destroy_many`` (a soft delete). A user made in Zendesk by hand and adopted by identity
+resolution has no ``external_id`` yet and may have another email, so ``create_or_update_many``
+would make a second user: adopted users go through ``users/update_many`` by their Zendesk id
+instead, which sets the ``external_id``. All of these answer a queued job status and do the
+work in the background, so the client polls ``job_statuses/{id}`` with a doubling delay until
+the job has completed, then reads one result per user. Polls count against the same per-minute
+quota as every other request, hence the sparing delays.
 
 The inbound side (adapters.inbound) reads through the same client: ``users/show_many`` for the
 users webhook events name, the cursor-based incremental user export for polling.
@@ -28,7 +31,7 @@ from crmsync.errors import PermanentError, TransientError
 
 __all__ = ["BATCH_LIMIT", "EXPORT_REQUESTS_PER_MINUTE", "ZendeskClient"]
 
-BATCH_LIMIT = 100  # Zendesk's maximum users per create_or_update_many / destroy_many / show_many
+BATCH_LIMIT = 100  # Zendesk's maximum users per bulk request (create_or_update_many, ...)
 WINDOW_SECONDS = 60.0  # Zendesk counts requests per minute
 EXPORT_REQUESTS_PER_MINUTE = 10  # the incremental export endpoints' own limit
 _USERS = "/api/v2/users"
@@ -100,8 +103,16 @@ class ZendeskClient:
         return f"ZendeskClient({self._http.base_url})"
 
     async def upsert(self, items: list[Upsert]) -> list[Outcome]:
-        if not items:
-            return []
+        adopted = [item for item in items if item.adopt]
+        upserted = [item for item in items if not item.adopt]
+        outcomes = await self._create_or_update(upserted) if upserted else []
+        if adopted:
+            if upserted:
+                await self.pace()  # a second job in this call
+            outcomes += await self._update_by_id(adopted)
+        return outcomes
+
+    async def _create_or_update(self, items: list[Upsert]) -> list[Outcome]:
         users = [user_body(item.properties) for item in items]
         job = await self._run_job("POST", f"{_USERS}/create_or_update_many.json", {"users": users})
         results = job.get("results") or []
@@ -113,6 +124,34 @@ class ZendeskClient:
                 outcomes.append(Outcome(item.customer_id, error=error))
             elif _succeeded(result):
                 outcomes.append(Outcome(item.customer_id, external_id=str(result["id"])))
+            else:
+                outcomes.append(Outcome(item.customer_id, error=_error_text(result)))
+        return outcomes
+
+    async def _update_by_id(self, items: list[Upsert]) -> list[Outcome]:
+        """Batch update (``users/update_many`` with a ``users`` array), each user by its
+        Zendesk id: never creates; a user Zendesk no longer has is that item's refusal."""
+        outcomes = [
+            Outcome(item.customer_id, error=f"not a Zendesk user id: {item.external_id!r}")
+            for item in items
+            if not (item.external_id or "").isdigit()
+        ]
+        known = [item for item in items if (item.external_id or "").isdigit()]
+        if not known:
+            return outcomes
+        users = [
+            {"id": int(item.external_id or ""), **user_body(item.properties)} for item in known
+        ]
+        job = await self._run_job("PUT", f"{_USERS}/update_many.json", {"users": users})
+        results = job.get("results") or []
+        by_id = {str(result.get("id")): result for result in results}
+        for index, item in enumerate(known):
+            result = by_id.get(str(item.external_id)) or _result_at(results, index)
+            if result is None:
+                error = f"Zendesk job {job['id']} has no result for user {item.external_id}"
+                outcomes.append(Outcome(item.customer_id, error=error))
+            elif _succeeded(result):
+                outcomes.append(Outcome(item.customer_id, external_id=item.external_id))
             else:
                 outcomes.append(Outcome(item.customer_id, error=_error_text(result)))
         return outcomes

@@ -208,7 +208,7 @@ async def merge(
             return None
         survivor, loser = order
         cursor = await conn.execute(
-            "select sync.merge_customers(%s, %s, %s, %s, %s, %s)",
+            "select sync.merge_customers(%s::uuid, %s::uuid, %s, %s::real, %s, %s::text[])",
             (survivor, loser, method, confidence, by, fill),
         )
         row = await cursor.fetchone()

@@ -278,7 +278,7 @@ def merge_pair(
             raise ReviewError(f"not two customers: {pair}")
         survivor, loser = order
         row = conn.execute(
-            "select sync.merge_customers(%s, %s, %s, %s, %s, %s) as id",
+            "select sync.merge_customers(%s::uuid, %s::uuid, %s, %s::real, %s, %s::text[]) as id",
             (survivor, loser, method, confidence, by, fill),
         ).fetchone()
         if row is None or row["id"] is None:
@@ -288,10 +288,12 @@ def merge_pair(
             "select array(select value->>0 from jsonb_array_elements(moved_links) value) as s"
             " from sync.merges where id = %s", (row["id"],),
         ).fetchone()  # fmt: skip
-        if moved and moved["s"]:
-            _publish(settings, Relinked(customer_id=survivor, systems=moved["s"],
-                                        reason=f"merge {row['id']}",
-                                        source=_source("identity", row["id"])))  # fmt: skip
+        # Whole, everywhere: as the pipeline does after a merge (streams.app.find_duplicate).
+        reason = f"merge {row['id']}, moved {moved['s'] if moved else []}"
+        source = _source("identity", row["id"])
+        everywhere = sorted(rules.mappings)
+        _publish(settings, Relinked(customer_id=survivor, systems=everywhere, reason=reason,
+                                    source=source))  # fmt: skip
         return row["id"], survivor, loser
 
 

@@ -1829,11 +1829,16 @@ async def create_collection(request: web.Request) -> web.Response:
     return _json(200, _apply_all(org, all_or_none, operations, existed=lambda _: False))
 
 
+def _id_in(record: Mapping[str, Any]) -> Any:
+    """A record's Id in any casing, as field names are (Salesforce's own examples send "id")."""
+    return next((value for name, value in record.items() if name.casefold() == "id"), None)
+
+
 async def update_collection(request: web.Request) -> web.Response:
     org = _state(request).org
     all_or_none, items = await _collection(request)
     decoded = [
-        (item.body.get("Id"), decode_fields(org, item.sobject, item.body, skip=["Id"]))
+        (_id_in(item.body), decode_fields(org, item.sobject, item.body, skip=["Id"]))
         for item in items
     ]
 

@@ -9,10 +9,10 @@ authentication, the plan's per-minute request limit (``X-Rate-Limit``, ``ratelim
 10 incremental exports per minute), so the ``zenpy`` SDK works against it unchanged but for
 its host.
 
-Bulk writes (``users/create_or_update_many``, ``users/destroy_many``) answer a queued
-``job_status`` at once and run a moment later, as Zendesk's background jobs do: poll
-``job_statuses/{id}`` until ``completed``; ``results`` then hold one entry per user, in request
-order. Every user and organization change is sent to webhook subscribers as Zendesk's
+Bulk writes (``users/create_or_update_many``, ``users/update_many``, ``users/destroy_many``)
+answer a queued ``job_status`` at once and run a moment later, as Zendesk's background jobs do:
+poll ``job_statuses/{id}`` until ``completed``; ``results`` then hold one entry per user, in
+request order. Every user and organization change is sent to webhook subscribers as Zendesk's
 event-subscribed webhooks (``zen:event-type:user.created``, ``user.name_changed``,
 ``user.active_changed`` for a soft delete, ...), signed ``X-Zendesk-Webhook-Signature`` =
 base64(HMAC-SHA256(secret, timestamp + body)) with the timestamp in
@@ -77,7 +77,7 @@ PLAN_LIMITS: dict[str, int] = {
     "enterprise": 700,
     "enterprise_plus": 2500,
 }
-MAX_BULK = 100  # users per create_or_update_many / destroy_many / show_many
+MAX_BULK = 100  # users per create_or_update_many / update_many / destroy_many / show_many
 MAX_PAGE_SIZE = 100
 MAX_EXPORT_PAGE = 1000
 FIRST_USER_ID = 1_500_000_000_001
@@ -1046,6 +1046,8 @@ class JobQueue:
     def _perform(self, kind: str, index: int, item: Any) -> dict[str, Any]:
         if kind == "create_or_update_users":
             return self._upsert(index, item)
+        if kind == "update_users":
+            return self._update(item)
         return self._destroy(item)
 
     def _upsert(self, index: int, attributes: Any) -> dict[str, Any]:
@@ -1076,6 +1078,25 @@ class JobQueue:
         if user["external_id"]:
             result["external_id"] = user["external_id"]
         return result
+
+    def _update(self, attributes: Any) -> dict[str, Any]:
+        """One user of an update_many: the live user its ``id`` names, else its
+        ``external_id``; never creates one."""
+        directory = self._directory
+        changes = dict(attributes) if isinstance(attributes, Mapping) else {}
+        user_id = changes.pop("id", None)
+        if user_id is None and not _blank(changes.get("external_id")):
+            user_id = directory.user_id_by_external_id(str(changes["external_id"]))
+        failed = {"id": user_id, "action": "update", "status": "Failed", "success": False}
+        try:
+            if user_id is None or not str(user_id).isdigit():
+                raise RecordNotFound()
+            user = directory.update_user(int(user_id), changes)
+        except RecordNotFound:
+            return {**failed, "error": "RecordNotFound", "details": "Not found"}
+        except RecordInvalid as error:
+            return {**failed, "error": "UserUpdateError", "details": error.summary()}
+        return {"id": user["id"], "action": "update", "status": "Updated", "success": True}
 
     def _destroy(self, item: Mapping[str, Any]) -> dict[str, Any]:
         directory = self._directory
@@ -1323,13 +1344,17 @@ def _organization_view(request: web.Request, organization: Mapping[str, Any]) ->
     return public_view(organization, url)
 
 
-async def _body(request: web.Request, key: str) -> Any:
-    """The request body's `key` member, as Zendesk requires every write to wrap its record."""
+async def _document(request: web.Request) -> Any:
     raw = await request.read()
     try:
-        document = orjson.loads(raw) if raw else {}
+        return orjson.loads(raw) if raw else {}
     except orjson.JSONDecodeError as error:
         raise _bad_request("InvalidJSON", f"Invalid JSON: {error}") from error
+
+
+async def _body(request: web.Request, key: str) -> Any:
+    """The request body's `key` member, as Zendesk requires every write to wrap its record."""
+    document = await _document(request)
     if not isinstance(document, dict) or document.get(key) is None:
         raise _bad_request("ParameterMissing", f"param is missing or the value is empty: {key}")
     return document[key]
@@ -1519,6 +1544,34 @@ async def create_or_update_many_users(request: web.Request) -> web.Response:
     return _json(200, {"job_status": job_view(job, _base(request))})
 
 
+async def update_many_users(request: web.Request) -> web.Response:
+    """Batch update (``users``: each user named by its ``id``, else its ``external_id``) or
+    bulk update (``user``: one change to every user the ``ids`` or ``external_ids`` query
+    names); either way a job, one result per user."""
+    document = await _document(request)
+    if isinstance(document, dict) and document.get("users") is not None:
+        items = document["users"]
+        if not isinstance(items, list):
+            raise _bad_request("InvalidValue", "users must be an array")
+    else:
+        ids = _list_query(request, "ids")
+        external_ids = _list_query(request, "external_ids")
+        if ids is None and external_ids is None:
+            raise _bad_request("InvalidValue", "ids or external_ids is required")
+        user = await _body(request, "user")
+        if not isinstance(user, dict):
+            raise _bad_request("InvalidValue", "user must be an object")
+        if ids is not None:
+            items = [{**user, "id": int(value)} for value in ids if value.isdigit()]
+        else:
+            items = [{**user, "external_id": value} for value in external_ids or []]
+    if len(items) > MAX_BULK:
+        description = f"Too many values specified for parameter: users (max {MAX_BULK})"
+        raise _bad_request("TooManyValues", description)
+    job = _state(request).jobs.submit("update_users", items)
+    return _json(200, {"job_status": job_view(job, _base(request))})
+
+
 async def destroy_many_users(request: web.Request) -> web.Response:
     ids = _list_query(request, "ids")
     external_ids = _list_query(request, "external_ids")
@@ -1698,6 +1751,7 @@ def _api_routes() -> Iterable[web.RouteDef]:
         ("GET", "/users/search", search_users),
         ("POST", "/users/create_or_update", create_or_update_user),
         ("POST", "/users/create_or_update_many", create_or_update_many_users),
+        ("PUT", "/users/update_many", update_many_users),
         ("DELETE", "/users/destroy_many", destroy_many_users),
         ("GET", user, show_user),
         ("PUT", user, update_user),

@@ -359,8 +359,14 @@ async def identify(stream: faust.StreamT[bytes]) -> None:
                     records=[(cid, rec) for cid, (rec, _) in current.items()])
         )  # fmt: skip
         for record, check in current.values():
-            if record is not None and check:
+            if record is None or not check:
+                continue
+            try:
                 await find_duplicate(record)
+            except Exception as exc:  # a bug must not stop the index: park it, go on
+                log.exception("duplicate check of %s failed; dead-lettered", record.id)
+                payload = record.model_dump_json().encode()
+                await park("identify", payload, f"{type(exc).__name__}: {exc}", identify_db)
 
 
 async def find_duplicate(record: GoldenRecord) -> None:
@@ -385,15 +391,16 @@ async def find_duplicate(record: GoldenRecord) -> None:
     DUPLICATES.labels("merged").inc()
     log.info("merged %s into %s (merge %d, %s %.2f)", loser, survivor, merge_id,
              verdict.method, verdict.confidence)  # fmt: skip
-    if moved:  # the loser's records there are the survivor's now: write them whole
-        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-        source = SourcePosition(system="identity", topic="sync.merges", partition=0,
-                                offset=merge_id, op="u", tx_id=now, ts_ms=now)  # fmt: skip
-        await route(
-            survivor,
-            Relinked(customer_id=survivor, systems=moved, reason=f"merge {merge_id}",
-                     source=source),
-        )  # fmt: skip
+    # The survivor goes whole to every system: the records the loser had there are its own
+    # now (`moved`), and a vendor that matches by email (Zendesk) may have written the
+    # duplicate over the survivor's record before the merge.
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    source = SourcePosition(system="identity", topic="sync.merges", partition=0,
+                            offset=merge_id, op="u", tx_id=now, ts_ms=now)  # fmt: skip
+    reason = f"merge {merge_id}, moved {moved}"
+    relinked = Relinked(customer_id=survivor, systems=sorted(rules.mappings), reason=reason,
+                        source=source)  # fmt: skip
+    await route(survivor, relinked)
 
 
 @app.agent(writebacks)

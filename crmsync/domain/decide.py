@@ -77,6 +77,11 @@ class CustomerState(BaseModel):
 Lane = Literal["consent", "create", "update", "activity"]
 LANES: tuple[Lane, ...] = ("consent", "create", "update", "activity")
 CONSENT_FIELDS = frozenset({"consent_email", "consent_sms", "do_not_contact"})
+#: Who a customer is and how to reach them: what a record linked to a customer may add.
+CONTACT_FIELDS = frozenset({
+    "email", "phone", "first_name", "last_name", "company_name", "street", "city",
+    "postal_code", "region", "country", "birth_date",
+})  # fmt: skip
 
 
 class Command(BaseModel):
@@ -622,7 +627,8 @@ def _apply_link(
     now: str,
 ) -> Decision:
     """A record a person made in a target, just linked to this customer: it fills the
-    golden record's empty fields its system may change, and then holds the whole golden
+    golden record's empty contact details its system may change (not settings such as a
+    time zone: a target fills those with its own defaults), and then holds the whole golden
     record (its other differing values are recorded as rejected: the target is overwritten
     there, so the audit says with what)."""
     assert state.golden is not None
@@ -635,7 +641,8 @@ def _apply_link(
     ownership = rules.ownership
     gaps = {
         f: v for f, v in incoming.items()
-        if v is not None and getattr(golden, f) is None and ownership.may_change(system, f)
+        if f in CONTACT_FIELDS and v is not None and getattr(golden, f) is None
+        and ownership.may_change(system, f)
     }  # fmt: skip
     at = source.ts_ms or 0
     correlation = _correlation_id(customer_id, source)

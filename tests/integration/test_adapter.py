@@ -248,3 +248,55 @@ async def test_a_later_change_after_a_dead_lettered_one_sends_the_whole_record(
     assert await rows.fetchall() == [(fingerprint(desired),)]  # the whole record, and known
     assert h.api.stats()["creates"] == 1
     assert h.letters[1:] == []
+
+
+def make_by_hand(api: Target, email: str) -> str:
+    """A record someone made in the target itself: its own email, no crmsync id; its id."""
+    with api.client() as client:
+        if api.vendor == "hubspot":
+            body = {"properties": {"email": email, "firstname": "Hand"}}
+            response = client.post("/crm/v3/objects/contacts", json=body)
+        elif api.vendor == "salesforce":
+            body = {"LastName": "Hand", "Email": email}
+            response = client.post("/services/data/v59.0/sobjects/Contact", json=body)
+        elif api.vendor == "stripe":
+            response = client.post("/v1/customers", data={"email": email, "name": "Hand Made"})
+        else:
+            body = {"user": {"name": "Hand Made", "email": email}}
+            response = client.post("/api/v2/users.json", json=body)
+        response.raise_for_status()
+    made = response.json()
+    return str(made["user"]["id"] if api.vendor == "zendesk" else made["id"])
+
+
+async def test_a_record_made_in_the_target_and_linked_by_identity_resolution_is_adopted(
+    harness: Callable[..., Harness],
+) -> None:
+    """Its link has no pushed hash and a method other than "created": the first write goes to
+    that record by its own id and sets crmsync's id on it; later writes find it by that id."""
+    h = harness()
+    command = h.new_customer(1)
+    hand_made = make_by_hand(h.api, "someone.else@example.com")
+    await h.adapter.conn.execute(
+        "insert into sync.identity_links (system, external_id, customer_id, method, confidence)"
+        " values (%s, %s, %s, 'fuzzy', 0.87)",
+        (h.target, hand_made, command.customer_id),
+    )
+    await h.deliver([command])
+    phone = next(p for p in command.properties if p.lower() == "phone")
+    later = command.model_copy(
+        update={"properties": {command.id_property: command.customer_id, phone: "+1 555 0100"},
+                "full": False, "desired_hash": "after-later", "idempotency_key": "k-later"}
+    )  # fmt: skip
+    await h.deliver([later])
+
+    assert h.letters == []
+    assert h.api.stats()["creates"] == 1  # the hand-made record, and nothing since
+    records = h.api.records()
+    assert list(records) == [command.customer_id]  # it carries crmsync's id now
+    record = records[command.customer_id]
+    assert str(record.get("id") or record.get("Id")) == hand_made
+    rows = await h.adapter.conn.execute(
+        "select external_id, method, pushed_hash from sync.identity_links"
+    )
+    assert await rows.fetchall() == [(hand_made, "fuzzy", "after-later")]

@@ -158,6 +158,39 @@ async def test_a_refused_record_is_its_own_outcome_and_the_others_are_written(
     assert emulator.stats()["contacts"] == 3
 
 
+async def test_an_adopted_contact_is_updated_by_its_id_and_nothing_is_created(
+    emulator: HubSpotProcess, client: HubSpotClient
+) -> None:
+    made = httpx.post(
+        f"{emulator.base_url}/crm/v3/objects/contacts",
+        json={"properties": {"email": "ada@home.example", "firstname": "Ada"}},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    hand_made = made.json()["id"]
+    adopt = Upsert("cust-1", customer(1, lastname="Lovelace").properties, hand_made, "k-1",
+                   adopt=True)  # fmt: skip
+    gone = Upsert("cust-3", customer(3).properties, "999999", "k-3", adopt=True)
+
+    outcomes = by_customer(await client.upsert([customer(2), adopt, gone]))
+    replayed = await client.upsert([adopt])
+
+    assert outcomes["cust-1"] == Outcome("cust-1", external_id=hand_made)
+    assert replayed == [Outcome("cust-1", external_id=hand_made)]
+    assert outcomes["cust-2"].error is None and outcomes["cust-2"].external_id != hand_made
+    assert outcomes["cust-3"].external_id is None
+    assert json.loads(outcomes["cust-3"].error or "")["category"] == "OBJECT_NOT_FOUND"
+    stored = contact(emulator, hand_made)
+    assert (stored["email"], stored["firstname"]) == ("c1@example.com", "Ada")
+    by_key = httpx.get(
+        f"{emulator.base_url}/crm/v3/objects/contacts/cust-1",
+        params={"idProperty": "crmsync_id"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    assert by_key.json()["id"] == hand_made
+    stats = emulator.stats()
+    assert (stats["contacts"], stats["creates"]) == (2, 2)  # the hand-made contact and cust-2
+
+
 async def test_an_item_without_its_id_property_is_refused_without_a_request(
     emulator: HubSpotProcess, client: HubSpotClient
 ) -> None:

@@ -662,6 +662,50 @@ def test_traced_batch_upsert_and_update_report_each_refused_input(
     assert emulator.stats()["contacts"] == 3
 
 
+def test_batch_update_by_id_sets_a_unique_property_names_unknown_ids_and_sends_webhooks(
+    emulator: HubSpotProcess, contacts: Any, receiver: WebhookReceiver
+) -> None:
+    emulator.control("POST", "webhooks", json={"url": receiver.url, "secret": "s"})
+    hand_made = create(contacts, email="ada@home.example", firstname="Ada")
+    inputs = [
+        SimplePublicObjectBatchInput(
+            id=hand_made.id, object_write_trace_id="0",
+            properties={"crmsync_id": "c-1", "email": "ada@example.com"},
+        ),
+        SimplePublicObjectBatchInput(
+            id="999999", object_write_trace_id="1", properties={"crmsync_id": "c-2"}
+        ),
+    ]  # fmt: skip
+
+    updated, status, _ = contacts.batch_api.update_with_http_info(
+        BatchInputSimplePublicObjectBatchInput(inputs)
+    )
+
+    assert status == 207
+    assert isinstance(updated, BatchResponseSimplePublicObjectWithErrors)
+    (result,) = updated.results
+    assert (result.id, result.object_write_trace_id) == (hand_made.id, "0")
+    assert result.properties["crmsync_id"] == "c-1"
+    (missing,) = updated.errors
+    assert (missing.category, missing.context) == ("OBJECT_NOT_FOUND", {"ids": ["999999"]})
+    by_key = contacts.basic_api.get_by_id("c-1", id_property="crmsync_id")
+    assert (by_key.id, by_key.properties["email"]) == (hand_made.id, "ada@example.com")
+    assert (emulator.stats()["contacts"], emulator.stats()["creates"]) == (1, 1)
+    changed = {
+        ("contact.propertyChange", hand_made.id, "crmsync_id", "c-1"),
+        ("contact.propertyChange", hand_made.id, "email", "ada@example.com"),
+    }
+
+    def received() -> set[tuple[Any, ...]]:
+        return {
+            (e["subscriptionType"], str(e["objectId"]), e.get("propertyName"),
+             e.get("propertyValue"))
+            for e in receiver.events()
+        }  # fmt: skip
+
+    wait_until(lambda: changed <= received(), timeout=10, what="webhook events for the update")
+
+
 def test_untraced_batch_upsert_with_one_refused_input_is_a_207_that_wrote_nothing(
     emulator: HubSpotProcess, contacts: Any
 ) -> None:

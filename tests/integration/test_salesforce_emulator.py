@@ -571,6 +571,30 @@ def test_collection_create_update_retrieve_and_delete(sf: Salesforce) -> None:
     assert deleted[2]["success"] is True
 
 
+def test_collection_update_takes_the_id_in_any_casing_and_sets_the_external_id(
+    sf: Salesforce, emulator: EmulatorProcess
+) -> None:
+    hand_made = sf.Contact.create({"LastName": "Lovelace", "Email": "ada@home.example"})["id"]
+    taken = sf.Contact.create(contact(2))["id"]
+
+    updated = sf.restful(
+        "composite/sobjects", method="PATCH",
+        json={"allOrNone": False, "records": _records([
+            {"id": hand_made, "crmsync_id__c": "cust-1", "Email": "ada@example.com"},
+            {"ID": taken, "crmsync_id__c": "cust-1"},
+        ])},
+    )  # fmt: skip
+
+    assert updated[0] == {"id": hand_made, "success": True, "errors": []}
+    assert updated[1]["success"] is False
+    assert updated[1]["errors"][0]["statusCode"] == "DUPLICATE_VALUE"
+    row = sf.Contact.get(hand_made)
+    assert (row["crmsync_id__c"], row["Email"]) == ("cust-1", "ada@example.com")
+    assert sf.Contact.get_by_custom_id("crmsync_id__c", "cust-1")["Id"] == hand_made
+    stats = emulator.stats()
+    assert (stats["contacts"], stats["creates"], stats["updates"]) == (2, 2, 1)
+
+
 # --------------------------------------------------------------------------------------------
 # SOQL
 # --------------------------------------------------------------------------------------------
@@ -945,6 +969,37 @@ async def test_client_reports_a_refused_record_and_writes_the_rest(
     ]  # fmt: skip
     assert json.loads(nameless.error or "")[0]["statusCode"] == "REQUIRED_FIELD_MISSING"
     assert set(_contacts(http_emulator)) == {"good"}
+
+
+async def test_client_adopts_a_hand_made_contact_by_its_id_and_creates_nothing(
+    client: SalesforceClient, http_emulator: EmulatorProcess
+) -> None:
+    response = httpx.post(
+        f"{http_emulator.url}/services/data/v59.0/sobjects/Contact",
+        json={"LastName": "Lovelace", "Email": "ada@home.example"},
+        headers={"Authorization": f"Bearer {TOKEN}"},
+    )
+    hand_made = response.json()["id"]
+    adopt = Upsert(
+        "c1", {"crmsync_id__c": "c1", "LastName": "Lovelace", "Email": "ada@example.com"},
+        hand_made, "key-c1", adopt=True,
+    )  # fmt: skip
+    gone = Upsert("c3", {"crmsync_id__c": "c3", "LastName": "Gone"}, "0035g00000zzzzzAAA",
+                  "key-c3", adopt=True)  # fmt: skip
+
+    outcomes = await client.upsert([upsert("c2", LastName="Two"), adopt, gone])
+    replayed = await client.upsert([adopt])
+
+    by_customer = {o.customer_id: o for o in outcomes}
+    assert by_customer["c1"] == Outcome("c1", external_id=hand_made)
+    assert replayed == [Outcome("c1", external_id=hand_made)]
+    assert by_customer["c2"].error is None and by_customer["c2"].external_id != hand_made
+    assert by_customer["c3"].external_id is None
+    assert "INVALID_CROSS_REFERENCE_KEY" in (by_customer["c3"].error or "")  # no such record
+    rows = _contacts(http_emulator)
+    assert set(rows) == {"c1", "c2"}
+    assert (rows["c1"]["Id"], rows["c1"]["Email"]) == (hand_made, "ada@example.com")
+    assert http_emulator.stats()["creates"] == 2  # the hand-made contact and c2
 
 
 async def test_client_archives_and_treats_already_deleted_as_done(

@@ -28,7 +28,7 @@ from zenpy import Zenpy
 from zenpy.lib.api_objects import JobStatus, Organization, User
 from zenpy.lib.exception import APIException, RatelimitBudgetExceeded, RecordNotFoundException
 
-from adapters.target import Archive, Quota, Upsert
+from adapters.target import Archive, Outcome, Quota, Upsert
 from adapters.zendesk import ZendeskClient
 from crmsync.errors import PermanentError, RateLimited, TransientError
 from tests.conftest import free_port, wait_until
@@ -347,6 +347,69 @@ def test_create_or_update_many_is_a_job_zenpy_polls_to_completion(
     assert emulator.stats()["jobs_pending"] == 0
 
 
+def test_update_many_updates_each_user_by_id_else_external_id_and_creates_nobody(
+    zendesk: Zenpy, emulator: Emulator
+) -> None:
+    hand_made = zendesk.users.create(User(name="Ada", email="ada@home.example"))
+    keyed = zendesk.users.create(User(name="Grace", email="grace@example.com", external_id="c-2"))
+    batch = [
+        User(id=hand_made.id, external_id="c-1", email="ada@example.com", name="Ada King"),
+        User(external_id="c-2", name="Grace Hopper"),
+        User(id=1_599_999_999_999, name="Nobody"),
+        User(id=keyed.id, email="not-an-email"),
+    ]
+
+    job = zendesk.users.update(batch)
+    assert isinstance(job, JobStatus)
+    assert (job.status, job.total, job.results) == ("queued", 4, None)
+    adopted, by_key, missing, invalid = completed(zendesk, job).results
+
+    assert (adopted.id, adopted.action, adopted.status, adopted.success) == (
+        hand_made.id, "update", "Updated", True,
+    )  # fmt: skip
+    assert (by_key.id, by_key.status) == (keyed.id, "Updated")
+    assert (missing.id, missing.status, missing.success, missing.error) == (
+        1_599_999_999_999, "Failed", False, "RecordNotFound",
+    )  # fmt: skip
+    assert (invalid.id, invalid.error) == (keyed.id, "UserUpdateError")
+    assert "Email: not-an-email is not properly formatted" in invalid.details
+    ada = zendesk.users(id=hand_made.id)
+    assert (ada.external_id, ada.name) == ("c-1", "Ada King")
+    assert ada.email == "ada@home.example"  # the new address is a secondary identity
+    found = list(zendesk.users.search(query="email:ada@example.com"))
+    assert [user.id for user in found] == [hand_made.id]
+    assert zendesk.users(id=keyed.id).name == "Grace Hopper"
+    stats = emulator.stats()
+    assert (stats["users"], stats["creates"], stats["updates"]) == (2, 2, 2)
+
+
+def test_update_many_applies_one_change_to_the_users_a_query_names(
+    zendesk: Zenpy, emulator: Emulator
+) -> None:
+    done = completed(zendesk, zendesk.users.create_or_update(users(3)))
+    ids = [result.id for result in done.results]
+
+    by_ids = emulator.api(
+        "PUT", "users/update_many.json", params={"ids": f"{ids[0]},{ids[1]}"},
+        json={"user": {"tags": ["vip"]}},
+    )  # fmt: skip
+    completed(zendesk, JobStatus(**by_ids.json()["job_status"]))
+    by_keys = zendesk.users.update_by_external_id([User(external_id="c-2", notes="Key account")])
+    completed(zendesk, by_keys)
+    neither = emulator.api("PUT", "users/update_many", json={"user": {"tags": ["vip"]}})
+    too_many = emulator.api(
+        "PUT", "users/update_many", json={"users": [{"id": n, "name": "N"} for n in range(101)]}
+    )
+
+    assert by_ids.status_code == 200
+    tagged = {user.id: user.tags for user in zendesk.users(ids=ids)}
+    assert tagged == {ids[0]: ["vip"], ids[1]: ["vip"], ids[2]: []}
+    assert zendesk.users(id=ids[2]).notes == "Key account"
+    assert (neither.status_code, neither.json()["error"]) == (400, "InvalidValue")
+    assert (too_many.status_code, too_many.json()["error"]) == (400, "TooManyValues")
+    assert (emulator.stats()["users"], emulator.stats()["creates"]) == (3, 3)
+
+
 def test_more_than_100_users_in_one_job_is_refused(emulator: Emulator) -> None:
     body = {"users": [{"name": f"U{n}", "email": f"u{n}@example.com"} for n in range(101)]}
 
@@ -617,9 +680,14 @@ async def test_user_changes_reach_subscribers_signed_the_zendesk_way(emulator: E
             body = {"user": {"name": "Ada", "email": "ada@example.com", "external_id": "c-1"}}
             user = (await api.post("/users.json", json=body)).json()["user"]
             await api.put(f"/users/{user['id']}.json", json={"user": {"name": "Ada King"}})
+            batch = {"users": [{"id": user["id"], "external_id": "c-9"}]}
+            job = (await api.put("/users/update_many.json", json=batch)).json()["job_status"]
+            while job["status"] != "completed":
+                await asyncio.sleep(0.02)
+                job = (await api.get(f"/job_statuses/{job['id']}.json")).json()["job_status"]
             await api.delete(f"/users/{user['id']}.json")
             deadline = time.monotonic() + 10
-            while len(deliveries) < 3 and time.monotonic() < deadline:
+            while len(deliveries) < 4 and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
     finally:
         await runner.cleanup()
@@ -634,16 +702,18 @@ async def test_user_changes_reach_subscribers_signed_the_zendesk_way(emulator: E
     assert [event["type"] for event in events] == [
         "zen:event-type:user.created",
         "zen:event-type:user.name_changed",
+        "zen:event-type:user.external_id_changed",  # from a bulk job, as from any update
         "zen:event-type:user.active_changed",
     ]
-    created, renamed, deleted = events
+    created, renamed, rekeyed, deleted = events
     assert created["subject"] == f"zen:user:{user['id']}"
     assert created["detail"]["id"] == str(user["id"])
     assert created["detail"]["external_id"] == "c-1"
     assert created["zendesk_event_version"] == "2022-11-06"
     assert renamed["event"] == {"current": "Ada King", "previous": "Ada"}
+    assert rekeyed["event"] == {"current": "c-9", "previous": "c-1"}
     assert deleted["event"] == {"current": False, "previous": True}
-    assert len({event["id"] for event in events}) == 3
+    assert len({event["id"] for event in events}) == 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -684,6 +754,35 @@ async def test_client_upserts_create_then_update_and_replays_create_nothing(
     assert (ada["phone"], ada["time_zone"], ada["name"]) == ("+4420000", "UTC", "Ada Lovelace")
     grace = emulator.api("GET", f"users/{ids['c-2']}.json").json()["user"]
     assert grace["user_fields"] == {"plan_tier": "pro"}
+
+
+async def test_client_adopts_a_hand_made_user_by_its_id_and_creates_nobody(
+    emulator: Emulator,
+) -> None:
+    made = {"user": {"name": "Ada", "email": "ada@home.example"}}
+    hand_made = str(emulator.api("POST", "users.json", json=made).json()["user"]["id"])
+    adopt = Upsert(
+        "c-1", {"external_id": "c-1", "name": "Ada Lovelace", "email": "ada@example.com"},
+        hand_made, "k-c-1", adopt=True,
+    )  # fmt: skip
+    gone = Upsert("c-3", {"external_id": "c-3", "name": "Gone"}, "1599999999999", "k", adopt=True)
+    client = client_for(emulator)
+    try:
+        outcomes = await client.upsert([upsert("c-2", name="Grace"), adopt, gone])
+        replayed = await client.upsert([adopt])
+    finally:
+        await client.aclose()
+
+    by_customer = {outcome.customer_id: outcome for outcome in outcomes}
+    assert by_customer["c-1"] == Outcome("c-1", external_id=hand_made)
+    assert replayed == [Outcome("c-1", external_id=hand_made)]
+    assert by_customer["c-2"].error is None and by_customer["c-2"].external_id != hand_made
+    assert by_customer["c-3"].external_id is None
+    assert "RecordNotFound" in (by_customer["c-3"].error or "")
+    ada = emulator.api("GET", f"users/{hand_made}.json").json()["user"]
+    assert (ada["external_id"], ada["name"]) == ("c-1", "Ada Lovelace")
+    stats = emulator.stats()
+    assert (stats["users"], stats["creates"]) == (2, 2)  # the hand-made user and c-2
 
 
 async def test_client_reports_a_refused_user_without_failing_the_batch(
