@@ -272,7 +272,7 @@ class TargetAdapter:
         for window in self.throttle.windows:
             QUOTA_USED.labels(self.target, _window_name(window.nominal_window)).set(window.used())
 
-    async def upsert(self, writes: list[Write], links: dict[str, Link]) -> None:
+    async def upsert(self, writes: list[Write], links: dict[str, Link], again: bool = True) -> None:
         def item(write: Write) -> Upsert:
             link = links.get(write.customer_id)
             if link is None:
@@ -290,7 +290,7 @@ class TargetAdapter:
         except PermanentError as exc:
             if len(writes) > 1:  # isolate the record the API refuses; deliver the rest
                 for write in writes:
-                    await self.upsert([write], links)
+                    await self.upsert([write], links, again)
                 return
             await self.dead_letter_write(writes[0], str(exc), 1)
             return
@@ -298,9 +298,12 @@ class TargetAdapter:
             for write in writes:
                 await self.dead_letter_write(write, str(exc), exc.attempts)
             return
-        await self.record(writes, outcomes)
+        await self.record(writes, outcomes, again)
 
-    async def record(self, writes: list[Write], outcomes: list[Outcome]) -> None:
+    async def record(self, writes: list[Write], outcomes: list[Outcome], again: bool) -> None:
+        """Store what each write did. A write the vendor matched to another customer's record
+        (an upsert by our id finding a record whose link moved, Zendesk matching by email)
+        has its owner written back over it and is tried once more, then dead-lettered."""
         by_customer = {w.customer_id: w for w in writes}
         delivered: list[tuple[str, str, str, str | None]] = []
         for outcome in outcomes:
@@ -325,13 +328,22 @@ class TargetAdapter:
                         await self.conn.execute(_LINK_UPSERT_SQL, row)
                     except psycopg.errors.UniqueViolation:
                         claimed.append(row)
+        DELIVERED.labels(self.target, "upsert").inc(len(delivered) - len(claimed))
+        if not claimed:
+            return
+        await self.restore_owners([external_id for _, external_id, _, _ in claimed])
+        retry = []
         for _, external_id, customer_id, _ in claimed:
             write = next(w for w in writes if w.customer_id == customer_id)
+            if again:  # its owner holds the record again: a second try makes its own
+                retry.append(write)
+                continue
             error = f"{self.target} record {external_id} is already linked to another customer"
             await self.dead_letter_write(write, error, 1)
-        DELIVERED.labels(self.target, "upsert").inc(len(delivered) - len(claimed))
-        if claimed:
-            await self.restore_owners([external_id for _, external_id, _, _ in claimed])
+        if retry:
+            async with self._db:
+                links = await self.links([w.customer_id for w in retry])
+            await self.upsert(retry, links, again=False)
 
     async def restore_owners(self, external_ids: list[str]) -> None:
         """A vendor that matches writes by email (Zendesk) wrote another customer over these
@@ -354,7 +366,7 @@ class TargetAdapter:
         ]  # fmt: skip
         if writes:
             log.warning("%s: writing %d records back to their owners", self.target, len(writes))
-            await self.upsert(writes, links)
+            await self.upsert(writes, links, again=False)
 
     async def archive(self, writes: list[tuple[Write, Link]]) -> None:
         items = [Archive(w.customer_id, link.external_id, w.idempotency_key) for w, link in writes]

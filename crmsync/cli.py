@@ -278,7 +278,8 @@ def review_list(
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Open conflicts (oldest first): the field, both values and where each came from."""
+    """Open items (oldest first): a conflict's field, both values and where each came from;
+    an identity question or possible duplicate with its candidates."""
     from rich.table import Table
 
     from crmsync.review import list_items
@@ -292,14 +293,23 @@ def review_list(
         table.add_column(column)
     for item in items:
         proposed = item["proposed"]
-        current, incoming = proposed.get("current", {}), proposed.get("incoming", {})
         decided = item["decision"] or {}
+        resolved = f"{decided} by {item['resolved_by']}" if item["resolved_at"] else ""
+        when = f"{item['created_at']:%m-%d %H:%M:%S}"
+        if item["kind"] != "field_conflict":  # who is who: the question and the candidates
+            candidates = ", ".join(
+                f"{c['customer_id']} ({c['confidence']:.2f})" for c in proposed["candidates"]
+            )
+            table.add_row(str(item["id"]), when, item["customer_id"] or "", item["kind"],
+                          "", f"{item['reason']}\ncandidates: {candidates}", resolved)  # fmt: skip
+            continue
+        current, incoming = proposed.get("current", {}), proposed.get("incoming", {})
+        if item["resolved_at"]:
+            resolved = f"{decided.get('value')!r} by {item['resolved_by']}"
         table.add_row(
-            str(item["id"]), f"{item['created_at']:%m-%d %H:%M:%S}", item["customer_id"] or "",
-            proposed.get("field", ""),
+            str(item["id"]), when, item["customer_id"] or "", proposed.get("field", ""),
             f"{current.get('system')}: {current.get('value')!r}",
-            f"{incoming.get('system')}: {incoming.get('value')!r}",
-            f"{decided.get('value')!r} by {item['resolved_by']}" if item["resolved_at"] else "",
+            f"{incoming.get('system')}: {incoming.get('value')!r}", resolved,
         )  # fmt: skip
     console.print(table)
 

@@ -1,9 +1,10 @@
 """Identity resolution's database edge: the index of who every customer is, links, merges.
 
-`sync.identity_index` holds each live customer's `Person` and blocking keys (a GIN index
-finds the customers sharing a key with a record). The matcher itself is pure
-(`crmsync.domain.identity`); here are the reads it needs and the writes its verdicts make:
-an identity link, a review item, a new customer, or a merge (`sync.merge_customers`).
+`sync.identity_index` holds each live customer's `Person` and blocking keys, and
+`sync.identity_keys` (kept from it by a trigger) finds the customers sharing a key with a
+record. The matcher itself is pure (`crmsync.domain.identity`); here are the reads it needs
+and the writes its verdicts make: an identity link, a review item, a new customer, or a merge
+(`sync.merge_customers`).
 
 Survivor rule for a merge: the customer created first survives (then the lower id), so the
 record apps and targets have known longest keeps its id.
@@ -56,12 +57,27 @@ _INDEX_SQL = f"""
         last_name = excluded.last_name, company = excluded.company, street = excluded.street,
         postal_code = excluded.postal_code, city = excluded.city,
         birth_date = excluded.birth_date, keys = excluded.keys, updated_at = now()"""
+#: Each key's block (at most CANDIDATE_LIMIT of it), ranked by how many keys a customer
+#: shares with the record: a big block (a common surname at one postcode) cannot crowd out
+#: the customer with the same email.
 _CANDIDATES_SQL = f"""
-    select customer_id::text, {_PERSON_COLUMNS} from sync.identity_index
-    where keys && %s::text[] and customer_id <> all(%s::uuid[]) limit {CANDIDATE_LIMIT}"""
+    select i.customer_id::text, {_PERSON_COLUMNS}
+    from (select hit.customer_id, count(*) as shared
+          from unnest(%s::text[]) as q(key)
+          cross join lateral (
+              select customer_id from sync.identity_keys
+              where key = q.key and customer_id <> all(%s::uuid[]) limit {CANDIDATE_LIMIT}
+          ) hit
+          group by hit.customer_id order by shared desc limit {CANDIDATE_LIMIT}) top
+    join sync.identity_index i on i.customer_id = top.customer_id
+    order by top.shared desc"""
 _LINK_SQL = """
-    insert into sync.identity_links (system, external_id, customer_id, method, confidence)
-    values (%s, %s, %s, %s, %s) on conflict do nothing"""
+    insert into sync.identity_links
+        (system, external_id, customer_id, method, confidence, matched)
+    values (%s, %s, %s, %s, %s, %s) on conflict do nothing"""
+_KEPT_APART_SQL = """
+    select case when customer_a = %(id)s then customer_b else customer_a end::text
+    from sync.kept_apart where customer_a = %(id)s or customer_b = %(id)s"""
 _REVIEW_SQL = """
     insert into sync.review_queue (kind, customer_id, system, proposed, reason, key)
     values (%s, %s, %s, %s, %s, %s) on conflict (key) do nothing"""
@@ -141,7 +157,7 @@ async def resolve_record(
                 await conn.execute(
                     _LINK_SQL,
                     (system, external_id, verdict.customer_id, verdict.method,
-                     verdict.confidence),
+                     verdict.confidence, Jsonb(values)),
                 )  # fmt: skip
                 return Resolved("link", verdict.customer_id, verdict.method, verdict.confidence)
             reason = (
@@ -159,7 +175,9 @@ async def resolve_record(
         else:
             customer_id = str(uuid.uuid4())
             await conn.execute(*new_customer_sql(customer_id, values))
-            await conn.execute(_LINK_SQL, (system, external_id, customer_id, "new", 1.0))
+            await conn.execute(
+                _LINK_SQL, (system, external_id, customer_id, "new", 1.0, Jsonb(values))
+            )
             return Resolved("new", customer_id, "new", 1.0)
         await conn.execute(
             _REVIEW_SQL,
@@ -182,9 +200,13 @@ def new_customer_sql(customer_id: str, values: dict[str, Any]) -> tuple[sql.Comp
 async def find_duplicate(
     conn: AsyncConnection[Any], record: GoldenRecord, thresholds: Thresholds
 ) -> Match:
-    """The verdict on a canonical customer against every other live one."""
+    """The verdict on a canonical customer against every other live one, but those a
+    person said are someone else (`sync.kept_apart`)."""
     person = person_of(record)
-    return match(person, await candidates(conn, person, exclude=[record.id]), thresholds)
+    cursor = await conn.execute(_KEPT_APART_SQL, {"id": record.id})
+    apart = [row[0] for row in await cursor.fetchall()]
+    found = await candidates(conn, person, exclude=[record.id, *apart])
+    return match(person, found, thresholds)
 
 
 async def merge(

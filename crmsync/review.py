@@ -25,14 +25,13 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from crmsync.broker import PRODUCER_CONFIG, Topics
-from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord, normalise_value
+from crmsync.domain.customer import SYNCED_FIELDS, normalise_value
 from crmsync.domain.events import SourcePosition
 from crmsync.domain.inbound import (
     STAGING_TABLES,
     InboundChange,
     Relinked,
     Resolution,
-    decode,
     mapped_properties,
 )
 from crmsync.errors import ValidationFailed
@@ -91,13 +90,7 @@ def resolve(
     if (choice is None) == (value is None):
         raise ReviewError("give either a side to keep or a value, not both")
     with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
-        item = conn.execute(
-            "select * from sync.review_queue where id = %s for update", (item_id,)
-        ).fetchone()
-        if item is None:
-            raise ReviewError(f"no review item {item_id}")
-        if item["resolved_at"] is not None:
-            raise ReviewError(f"review item {item_id} was resolved at {item['resolved_at']}")
+        item = _open_item(conn, item_id, "field_conflict")
         proposed = item["proposed"]
         field = proposed["field"]
         customer_id = str(item["customer_id"])
@@ -155,6 +148,16 @@ def _publish(settings: Settings, *messages: Resolution | InboundChange | Relinke
         raise ReviewError("the broker did not acknowledge the decision; nothing was changed")
 
 
+#: Links a person may undo: the matcher's and a person's. (A record crmsync created, or one
+#: a merge moved, is undone by `unmerge`; a record that made a customer is that customer.)
+UNLINKABLE = frozenset({"email", "phone", "fuzzy", "review"})
+_NOT_UNLINKABLE = {
+    "created": "crmsync created it for this customer",
+    "merge": "a merge moved it here: undo the merge (`review unmerge`)",
+    "new": "the customer was made from it",
+}
+
+
 def _source(system: str, offset: int) -> SourcePosition:
     now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
     return SourcePosition(system=system, topic="crmsync.review", partition=0, offset=offset,
@@ -170,7 +173,7 @@ def _open_item(conn: psycopg.Connection[Any], item_id: int, kind: str) -> dict[s
     if item["resolved_at"] is not None:
         raise ReviewError(f"review item {item_id} was resolved at {item['resolved_at']}")
     if item["kind"] != kind:
-        raise ReviewError(f"review item {item_id} is a {item['kind']}, not a {kind} question")
+        raise ReviewError(f"review item {item_id} is of kind {item['kind']}, not {kind}")
     return item
 
 
@@ -245,9 +248,10 @@ def resolve_identity(
             conn.execute(*new_customer_sql(customer_id, item["proposed"]["record"]))
         conn.execute(
             "insert into sync.identity_links (system, external_id, customer_id, method,"
-            " confidence) values (%s, %s, %s, %s, 1.0)",
-            (system, external_id, customer_id, "review" if link_to else "new"),
-        )
+            " confidence, matched) values (%s, %s, %s, %s, 1.0, %s)",
+            (system, external_id, customer_id, "review" if link_to else "new",
+             Jsonb(item["proposed"]["record"])),
+        )  # fmt: skip
         decision = {"link": link_to} if link_to else {"new": customer_id}
         conn.execute(
             "update sync.review_queue set resolved_at = now(), decision = %s, resolved_by = %s"
@@ -312,6 +316,11 @@ def resolve_duplicate(settings: Settings, item_id: int, *, merge: bool, by: str)
         )  # fmt: skip
         if not merge:
             reason = f"{pair[0]} and {pair[1]} kept apart by {by}"
+            conn.execute(
+                "insert into sync.kept_apart (customer_a, customer_b, decided_by, reason)"
+                " values (%s, %s, %s, %s) on conflict do nothing",
+                (min(pair), max(pair), by, f"review item {item_id}"),
+            )
             cause = {"review": item_id, "by": by}
             _audit(conn, pair[0], "kept apart", reason, f"review:{item_id}", cause, list(pair))
     return outcome
@@ -350,34 +359,45 @@ def unmerge(settings: Settings, merge_id: int, *, by: str) -> tuple[str, str]:
 
 
 def unlink(settings: Settings, system: str, external_id: str, *, by: str) -> tuple[str, str]:
-    """A record wrongly linked: it becomes a customer of its own, and the customer it was
-    linked to gets a new record in that system. Returns (old customer, new customer)."""
+    """A record wrongly linked to a customer: it becomes a customer of its own again, with
+    the values it had when it was linked (written back over it), the two are never merged
+    by the matcher, and the customer it was linked to gets a new record in that system.
+    Returns (old customer, new customer)."""
     if system not in STAGING_TABLES:
         raise ReviewError(f"{system!r} is not one of {', '.join(STAGING_TABLES)}")
     with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
         link = conn.execute(
-            "select customer_id::text from sync.identity_links where system = %s and"
-            " external_id = %s and archived_at is null for update", (system, external_id),
-        ).fetchone()  # fmt: skip
+            "select customer_id::text, method, matched from sync.identity_links"
+            " where system = %s and external_id = %s and archived_at is null for update",
+            (system, external_id),
+        ).fetchone()
         if link is None:
             raise ReviewError(f"{system} record {external_id} is linked to no customer")
-        old = link["customer_id"]
-        change = _staged_change(settings, conn, system, external_id, old, "review", 0)
-        rules = load_rules(settings.ownership_file, settings.mapping_file,
-                           {"crm": settings.crm_vendor})  # fmt: skip
-        values, _ = decode(rules.mappings[system], change.properties, GoldenRecord(id=""))
-        new = str(uuid.uuid4())
-        conn.execute(*new_customer_sql(new, values))
+        if link["method"] not in UNLINKABLE or link["matched"] is None:
+            raise ReviewError(
+                f"{system} record {external_id} was not matched to its customer (link:"
+                f" {link['method']}): {_NOT_UNLINKABLE.get(link['method'], 'nothing to undo')}"
+            )
+        old, new = link["customer_id"], str(uuid.uuid4())
+        conn.execute(*new_customer_sql(new, link["matched"]))
         conn.execute(
             "update sync.identity_links set customer_id = %s, method = 'review',"
             " pushed_hash = null where system = %s and external_id = %s",
             (new, system, external_id),
         )
+        conn.execute(
+            "insert into sync.kept_apart (customer_a, customer_b, decided_by, reason)"
+            " values (least(%s::uuid, %s::uuid), greatest(%s::uuid, %s::uuid), %s, %s)"
+            " on conflict do nothing",
+            (old, new, old, new, by, f"{system} record {external_id} unlinked"),
+        )
         _audit(conn, old, "unlinked",
                f"{system} record {external_id} unlinked from {old} by {by}: now customer {new}",
                f"unlink:{system}:{external_id}:{new}", {"unlink": [system, external_id],
-               "by": by}, before=old, after=new)  # fmt: skip
-        _publish(settings, Relinked(customer_id=old, systems=[system],
-                                    reason=f"{system} record {external_id} unlinked",
-                                    source=_source("identity", 0)))  # fmt: skip
+               "by": by}, after=new, before=old)  # fmt: skip
+    # After the commit: the new customer's insert reaches the targets the usual way, and the
+    # old one gets a record of its own there.
+    _publish(settings, Relinked(customer_id=old, systems=[system],
+                                reason=f"{system} record {external_id} unlinked",
+                                source=_source("identity", 0)))  # fmt: skip
     return old, new

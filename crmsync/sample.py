@@ -81,10 +81,20 @@ def insert_customers(dsn: str, count: int, seed: int | None = None) -> int:
 
 
 def touch_random_customer(dsn: str, rng: random.Random) -> None:
-    """Keep sample data flowing the way apps do: a new lead, a consent change or a customer
-    updating their own phone number (plans and stages are the CRM's to change)."""
+    """Keep sample data flowing the way apps do: a new lead, a consent change, a customer
+    updating their own phone number (plans and stages are the CRM's to change), and now and
+    then someone signed up twice (identity resolution merges them)."""
     with psycopg.connect(dsn) as conn:
         choice = rng.random()
+        if choice < 0.03:  # another app signs up someone already there: a duplicate to merge
+            conn.execute(
+                "insert into public.customers (email, phone, first_name, last_name, street,"
+                " city, postal_code, country, timezone, language)"
+                " select upper(email), phone, lower(first_name), last_name, street, city,"
+                " postal_code, country, timezone, language from public.customers"
+                " where deleted_at is null order by random() limit 1"
+            )
+            return
         if choice < 0.3:
             conn.close()
             insert_customers(dsn, 1, rng.randrange(10**9))

@@ -4,6 +4,22 @@
 -- A duplicate merged into its survivor is kept (and soft-deleted), never removed.
 alter table public.customers add column if not exists merged_into uuid;
 
+-- What a record made in a target said when it was linked (its values as golden fields): it
+-- is written over with the golden record after, and undoing the link gives it back.
+alter table sync.identity_links add column if not exists matched jsonb;
+
+-- Pairs a person said are two people (a duplicate kept apart, a merge or a link undone):
+-- never merged again by the matcher. customer_a < customer_b.
+create table if not exists sync.kept_apart (
+    customer_a   uuid not null,
+    customer_b   uuid not null,
+    decided_by   text not null,
+    reason       text not null,
+    decided_at   timestamptz not null default now(),
+    primary key (customer_a, customer_b),
+    check (customer_a < customer_b)
+);
+
 -- One row per live canonical customer, normalised for matching (crmsync.domain.identity), with
 -- the blocking keys it is found under. Kept by the pipeline from the customers' change feed.
 create table if not exists sync.identity_index (
@@ -20,7 +36,28 @@ create table if not exists sync.identity_index (
     keys         text[] not null,
     updated_at   timestamptz not null default now()
 );
-create index if not exists identity_index_keys on sync.identity_index using gin (keys);
+
+-- The blocking keys one per row, kept from the index by a trigger: a record's candidates are
+-- a few primary-key lookups however many customers there are (a GIN index over `keys` made
+-- the planner read the whole table once blocks grew: bench/results/identity.md).
+create table if not exists sync.identity_keys (
+    key          text not null,
+    customer_id  uuid not null,
+    primary key (key, customer_id)
+);
+create or replace function sync.identity_keys_sync() returns trigger language plpgsql as $$
+begin
+    if tg_op in ('UPDATE', 'DELETE') then
+        delete from sync.identity_keys where customer_id = old.customer_id;
+    end if;
+    if tg_op in ('INSERT', 'UPDATE') then
+        insert into sync.identity_keys (key, customer_id)
+        select distinct k, new.customer_id from unnest(new.keys) k on conflict do nothing;
+    end if;
+    return null;
+end $$;
+create or replace trigger identity_keys_sync after insert or update of keys or delete
+    on sync.identity_index for each row execute function sync.identity_keys_sync();
 
 -- Every merge, with what it moved, so that a person can undo it exactly.
 create table if not exists sync.merges (
@@ -137,6 +174,10 @@ begin
     end loop;
     update public.customers set merged_into = null, deleted_at = null where id = m.loser_id;
     update sync.merges set undone_at = now(), undone_by = p_by where id = p_merge;
+    insert into sync.kept_apart (customer_a, customer_b, decided_by, reason)
+    values (least(m.survivor_id, m.loser_id), greatest(m.survivor_id, m.loser_id), p_by,
+            format('merge %s undone', p_merge))
+    on conflict do nothing;
     insert into sync.audit_log
         (customer_id, system, field, before, after, cause, correlation_id, outcome, reason, key)
     values (m.survivor_id, 'identity', '*', to_jsonb(m.survivor_id::text),

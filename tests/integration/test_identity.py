@@ -148,8 +148,23 @@ def test_records_made_by_hand_are_linked_duplicates_merged_and_email_changes_kee
     wait_until(lambda: crm.records()[grace]["properties"]["email"] == "g.hopper@navy.example",
                what="Grace's new email in the CRM")  # fmt: skip
     assert stack.sql("select count(*) from public.customers")[0][0] == customers
-    assert stack.sql("select count(*) from sync.merges")[0][0] == 0
     assert stack.sql("select count(*) from sync.review_queue where resolved_at is null") == [(0,)]
+
+    # A person undoes the fuzzy link: the contact is someone else after all. It becomes a
+    # customer of its own with what it said when it was linked, never merged with Grace, and
+    # Grace gets a contact of her own.
+    out = cli(stack, "review", "unlink", "crm", grace_contact, "--by", "tester")
+    grase, method = link_of(stack, "crm", grace_contact) or ("", "")
+    assert grase not in ("", grace) and grase in out and method == "review"
+    assert stack.sql("select first_name, last_name, birth_date::text from public.customers"
+                     " where id = %s", (grase,)) == [("Grase", "Hoper", "1906-12-09")]  # fmt: skip
+    wait_until(lambda: contact_name(crm, grase) == ("Grase", "Hoper"),
+               what="the contact holds what it said again")  # fmt: skip
+    assert crm.records()[grase]["id"] == grace_contact
+    wait_until(lambda: crm.records().get(grace, {}).get("id") not in (None, grace_contact),
+               what="a contact of Grace's own")  # fmt: skip
+    assert ("identity", "*", "unlinked") in _audit(stack, grace)
+    assert stack.sql("select count(*) from sync.merges")[0][0] == 0
 
     # Two apps create one person: the second row is merged into the first, and every target
     # ends with one live record for them.
@@ -182,12 +197,14 @@ def test_records_made_by_hand_are_linked_duplicates_merged_and_email_changes_kee
                what="both customers in Stripe again")  # fmt: skip
     assert ("identity", "*", "unmerged") in _audit(stack, linus)
     assert stack.sql("select undone_by from sync.merges") == [("tester",)]
+    # Neither undone decision is made again by the matcher.
+    assert stack.sql("select count(*) from sync.kept_apart")[0][0] == 2
 
     report = orjson.loads(cli(stack, "status", "--json"))
     identity = report["components"]["database"]["identity"]
     assert identity["targets"]["support"]["auto_linked"] == 1
-    assert identity["targets"]["crm"]["auto_linked"] == 1
-    assert identity["targets"]["crm"]["linked_by_person"] == 1
+    assert identity["targets"]["crm"]["auto_linked"] == 0  # Grace's, undone by a person
+    assert identity["targets"]["crm"]["linked_by_person"] == 2
     assert identity["canonical"]["merges_undone"] == 1
 
 

@@ -11,7 +11,7 @@ import pytest
 from crmsync.domain.customer import normalise_customer
 from crmsync.domain.decide import CustomerState, Decision, apply, judge
 from crmsync.domain.events import CustomerChange, SourcePosition
-from crmsync.domain.inbound import InboundChange, Resolution, decode, split_name
+from crmsync.domain.inbound import InboundChange, Relinked, Resolution, decode, split_name
 from crmsync.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -336,3 +336,53 @@ def test_an_unreadable_value_is_refused_and_the_rest_of_the_change_applies() -> 
     assert decision.state.golden.phone == "+442079468888"  # type: ignore[union-attr]
     (reason,) = decision.invalid
     assert "lifecycle_stage" in reason and "salesqualifiedlead" in reason
+
+
+def linked(props: dict[str, Any], *, at: int, method: str = "fuzzy") -> InboundChange:
+    """A contact someone made by hand in HubSpot, just linked to the customer."""
+    return InboundChange(
+        customer_id=CID, system="crm", properties=props, previous=None, deleted=False,
+        source=SourcePosition(system="crm", topic="crmsync.staging.crm_contacts", partition=0,
+                              offset=7, op="c", ts_ms=at, external_id="777"),
+        link=method,
+    )  # fmt: skip
+
+
+def test_a_linked_record_fills_contact_gaps_and_is_written_over_with_the_golden_record() -> None:
+    decision = step(CREATED, linked(
+        {"firstname": "Adda", "lastname": "Lovelace", "city": "London", "zip": "NW1 6XE",
+         "crmsync_timezone": "Etc/UTC", "crmsync_plan_tier": "free"},
+        at=T0 + 60_000,
+    ))  # fmt: skip
+    golden = decision.state.golden
+    assert golden is not None
+    # Its contact details fill what the customer lacked; the golden name stays.
+    assert (golden.city, golden.postal_code, golden.first_name) == ("London", "NW1 6XE", "Ada")
+    # Settings are the target's defaults, not what a person said: not taken.
+    assert (golden.timezone, golden.plan_tier) == ("Europe/London", "pro")
+    assert decision.writeback is not None
+    assert decision.writeback.values == {"city": "London", "postal_code": "NW1 6XE"}
+    assert decision.writeback.expected == {"city": None, "postal_code": None}
+    crm = next(c for c in decision.commands if c.target == "crm")
+    assert (crm.full, crm.force) == (True, True)  # the whole golden record, by its own id
+    assert crm.properties["firstname"] == "Ada" and crm.properties["crmsync_id"] == CID
+    assert crm.properties["crmsync_plan_tier"] == "pro"
+    # The gaps it filled go to the other targets; what it lost is on record.
+    assert targets(decision)["billing"]["address.city"] == "London"
+    refused = {(a.field, a.proposed, a.outcome) for a in decision.attempts}
+    assert refused == {("first_name", "Adda", "rejected"), ("timezone", "Etc/UTC", "rejected"),
+                       ("plan_tier", "free", "rejected")}  # fmt: skip
+
+
+def test_relinked_writes_the_whole_golden_record_to_those_systems_only() -> None:
+    relinked = Relinked(
+        customer_id=CID, systems=["crm", "support"], reason="merge 1",
+        source=SourcePosition(system="identity", topic="sync.merges", partition=0, offset=1,
+                              op="u", ts_ms=T0 + 1),
+    )  # fmt: skip
+    decision = step(CREATED, relinked)
+    assert {c.target for c in decision.commands} == {"crm", "support"}
+    assert all(c.full and c.force for c in decision.commands)
+    assert decision.change is None and decision.state.golden == CREATED.golden
+    deleted = step(CREATED, canonical({"deleted_at": "2024-05-01T10:00:00Z"}, offset=5, at=T0 + 5))
+    assert apply(deleted.state, relinked, RULES, NOW) is None  # nothing to write for the gone
