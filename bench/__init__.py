@@ -1,0 +1,1 @@
+"""Benchmarks: repeatable measurements of quality and speed, results in bench/results/."""
