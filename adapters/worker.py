@@ -392,6 +392,16 @@ class TargetAdapter:
         customer's next write (or the replay) sends the whole record."""
         async with self._db:
             await self.conn.execute(_LINK_UNKNOWN_SQL, (self.target, write.customer_id))
+            cursor = await self.conn.execute(
+                "select merged_into::text from public.customers where id = %s",
+                (write.customer_id,),
+            )
+            merged = await cursor.fetchone()
+        if merged is not None and merged[0] is not None:  # a duplicate, gone into its survivor
+            log.info("%s: write for %s dropped (merged into %s): %s", self.target,
+                     write.customer_id, merged[0], error[:300])  # fmt: skip
+            SKIPPED.labels(self.target).inc()
+            return
         for command in write.commands:
             await self.dead_letter(
                 command.customer_id, command.model_dump(mode="json"), error, attempts

@@ -4,6 +4,9 @@
 -- A duplicate merged into its survivor is kept (and soft-deleted), never removed.
 alter table public.customers add column if not exists merged_into uuid;
 
+-- Why a dead letter was closed without a replay (its customer was merged, say).
+alter table sync.dead_letters add column if not exists resolution text;
+
 -- What a record made in a target said when it was linked (its values as golden fields): it
 -- is written over with the golden record after, and undoing the link gives it back.
 alter table sync.identity_links add column if not exists matched jsonb;
@@ -130,6 +133,11 @@ begin
     from sync.audit_log where customer_id = p_loser;
     update sync.audit_log set customer_id = p_survivor where customer_id = p_loser;
     update public.customers set merged_into = p_survivor, deleted_at = now() where id = p_loser;
+    -- What could not be delivered for the duplicate (a target refusing a second record for
+    -- one email, say) needs no replay: closed, with the reason.
+    update sync.dead_letters
+       set replayed_at = now(), resolution = format('merged into %s', p_survivor)
+     where key = p_loser::text and replayed_at is null;
     insert into sync.merges
         (survivor_id, loser_id, method, confidence, moved_links, archived, audit_ids, filled,
          merged_by)
