@@ -7,11 +7,12 @@ and the writes its verdicts make: an identity link, a review item, a new custome
 (`sync.merge_customers`).
 
 Survivor rule for a merge: the customer created first survives (then the lower id), so the
-record apps and targets have known longest keeps its id.
+record apps and targets have known longest keeps its id (`sync.merge_customers`).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,8 @@ from typing import Any
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
-from crmsync.domain.customer import GoldenRecord
+from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
+from crmsync.domain.events import SourcePosition
 from crmsync.domain.identity import (
     Candidate,
     Match,
@@ -29,14 +31,19 @@ from crmsync.domain.identity import (
     match,
     person_of,
 )
+from crmsync.domain.inbound import Relinked
+from crmsync.rules import SyncRules
 
 __all__ = [
     "CANDIDATE_LIMIT",
+    "MERGE_SQL",
+    "Merged",
     "Resolved",
     "candidates",
     "find_duplicate",
     "index_customers",
     "merge",
+    "merge_fill",
     "new_customer_sql",
     "resolve_record",
     "review_duplicate",
@@ -209,6 +216,36 @@ async def find_duplicate(
     return match(person, found, thresholds)
 
 
+#: The survivor rule and everything a merge does live in `sync.merge_customers` (0007).
+MERGE_SQL = """
+    select merge_id, survivor_id::text, loser_id::text, moved_systems
+    from sync.merge_customers(%s::uuid, %s::uuid, %s, %s::real, %s, %s::text[])"""
+
+
+def merge_fill(rules: SyncRules) -> list[str]:
+    """What a merge may fill in the survivor from the loser: the fields apps may write."""
+    return sorted(f for f in SYNCED_FIELDS if rules.ownership.may_change("canonical", f))
+
+
+@dataclass(frozen=True)
+class Merged:
+    merge_id: int
+    survivor: str
+    loser: str
+    moved: list[str]  # systems where the loser's record is the survivor's now
+
+    def relinked(self, systems: list[str]) -> Relinked:
+        """The survivor goes whole to every system: the records the loser had there are its
+        own now (`moved`), and a vendor that matches by email (Zendesk) may have written the
+        duplicate over the survivor's record before the merge."""
+        now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+        source = SourcePosition(system="identity", topic="sync.merges", partition=0,
+                                offset=self.merge_id, op="u", tx_id=now, ts_ms=now)  # fmt: skip
+        reason = f"merge {self.merge_id}, moved {self.moved}"
+        return Relinked(customer_id=self.survivor, systems=sorted(systems), reason=reason,
+                        source=source)  # fmt: skip
+
+
 async def merge(
     conn: AsyncConnection[Any],
     pair: tuple[str, str],
@@ -216,34 +253,11 @@ async def merge(
     confidence: float,
     by: str,
     fill: list[str],
-) -> tuple[int, str, str, list[str]] | None:
-    """Merge two customers by the survivor rule: (merge id, survivor, loser, systems whose
-    record moved to the survivor), or None when one is gone or merged already."""
-    async with conn.transaction():
-        cursor = await conn.execute(
-            "select id::text from public.customers where id = any(%s::uuid[])"
-            " order by created_at, id",
-            (list(pair),),
-        )
-        order = [row[0] for row in await cursor.fetchall()]
-        if len(order) != 2:
-            return None
-        survivor, loser = order
-        cursor = await conn.execute(
-            "select sync.merge_customers(%s::uuid, %s::uuid, %s, %s::real, %s, %s::text[])",
-            (survivor, loser, method, confidence, by, fill),
-        )
-        row = await cursor.fetchone()
-        if row is None or row[0] is None:
-            return None
-        await conn.execute("delete from sync.identity_index where customer_id = %s", (loser,))
-        cursor = await conn.execute(
-            "select array(select value->>0 from jsonb_array_elements(moved_links) value)"
-            " from sync.merges where id = %s",
-            (row[0],),
-        )
-        moved = await cursor.fetchone()
-        return row[0], survivor, loser, list(moved[0]) if moved else []
+) -> Merged | None:
+    """Merge two customers (None when one is gone or merged already)."""
+    cursor = await conn.execute(MERGE_SQL, (*pair, method, confidence, by, fill))
+    row = await cursor.fetchone()
+    return None if row is None else Merged(row[0], row[1], row[2], list(row[3]))
 
 
 async def review_duplicate(

@@ -25,7 +25,7 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from crmsync.broker import PRODUCER_CONFIG, Topics
-from crmsync.domain.customer import SYNCED_FIELDS, normalise_value
+from crmsync.domain.customer import normalise_value
 from crmsync.domain.events import SourcePosition
 from crmsync.domain.inbound import (
     STAGING_TABLES,
@@ -35,15 +35,14 @@ from crmsync.domain.inbound import (
     mapped_properties,
 )
 from crmsync.errors import ValidationFailed
-from crmsync.identity import new_customer_sql
-from crmsync.rules import load_rules
+from crmsync.identity import MERGE_SQL, Merged, merge_fill, new_customer_sql
+from crmsync.rules import SyncRules, load_rules
 from crmsync.settings import Settings
 
 __all__ = [
     "ReviewError",
     "list_items",
     "list_merges",
-    "merge_pair",
     "resolve",
     "resolve_duplicate",
     "resolve_identity",
@@ -164,6 +163,10 @@ def _source(system: str, offset: int) -> SourcePosition:
                           op="u", tx_id=now, ts_ms=now)  # fmt: skip
 
 
+def _rules(settings: Settings) -> SyncRules:
+    return load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
+
+
 def _open_item(conn: psycopg.Connection[Any], item_id: int, kind: str) -> dict[str, Any]:
     item = conn.execute(
         "select * from sync.review_queue where id = %s for update", (item_id,)
@@ -201,8 +204,7 @@ def _staged_change(
     ).fetchone()
     if row is None:
         raise ReviewError(f"{system} record {external_id} is not in staging")
-    rules = load_rules(settings.ownership_file, settings.mapping_file,
-                       {"crm": settings.crm_vendor})  # fmt: skip
+    rules = _rules(settings)
     properties = mapped_properties(settings.vendor(system), rules.mappings[system], row["payload"])
     return InboundChange(
         customer_id=customer_id, system=system, properties=properties, previous=None,
@@ -266,63 +268,37 @@ def resolve_identity(
     return customer_id
 
 
-def merge_pair(
-    settings: Settings, pair: tuple[str, str], *, by: str, method: str = "review",
-    confidence: float = 1.0,
-) -> tuple[int, str, str]:  # fmt: skip
-    """Merge two customers (the one created first survives): (merge id, survivor, loser)."""
-    rules = load_rules(settings.ownership_file, settings.mapping_file,
-                       {"crm": settings.crm_vendor})  # fmt: skip
-    fill = sorted(f for f in SYNCED_FIELDS if rules.ownership.may_change("canonical", f))
-    with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
-        order = [r["id"] for r in conn.execute(
-            "select id::text from public.customers where id = any(%s::uuid[])"
-            " order by created_at, id", (list(pair),)).fetchall()]  # fmt: skip
-        if len(order) != 2:
-            raise ReviewError(f"not two customers: {pair}")
-        survivor, loser = order
-        row = conn.execute(
-            "select sync.merge_customers(%s::uuid, %s::uuid, %s, %s::real, %s, %s::text[]) as id",
-            (survivor, loser, method, confidence, by, fill),
-        ).fetchone()
-        if row is None or row["id"] is None:
-            raise ReviewError("one of them is deleted or merged already")
-        conn.execute("delete from sync.identity_index where customer_id = %s", (loser,))
-        moved = conn.execute(
-            "select array(select value->>0 from jsonb_array_elements(moved_links) value) as s"
-            " from sync.merges where id = %s", (row["id"],),
-        ).fetchone()  # fmt: skip
-        # Whole, everywhere: as the pipeline does after a merge (streams.app.find_duplicate).
-        reason = f"merge {row['id']}, moved {moved['s'] if moved else []}"
-        source = _source("identity", row["id"])
-        everywhere = sorted(rules.mappings)
-        _publish(settings, Relinked(customer_id=survivor, systems=everywhere, reason=reason,
-                                    source=source))  # fmt: skip
-        return row["id"], survivor, loser
-
-
 def resolve_duplicate(settings: Settings, item_id: int, *, merge: bool, by: str) -> str:
-    """Two customers that may be one person: merge them, or keep them apart."""
+    """Two customers that may be one person: merge them (as the pipeline does, the one created
+    first survives), or keep them apart for good."""
+    merged = None
     with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
         item = _open_item(conn, item_id, "duplicate")
         pair = tuple(item["proposed"]["customers"])
-        outcome = "kept apart"
         if merge:
-            merge_id, survivor, loser = merge_pair(settings, pair, by=by)  # type: ignore[arg-type]
-            outcome = f"merged {loser} into {survivor} (merge {merge_id})"
-        conn.execute(
-            "update sync.review_queue set resolved_at = now(), decision = %s, resolved_by = %s"
-            " where id = %s", (Jsonb({"outcome": outcome}), by, item_id),
-        )  # fmt: skip
-        if not merge:
-            reason = f"{pair[0]} and {pair[1]} kept apart by {by}"
+            fill = merge_fill(_rules(settings))
+            row = conn.execute(MERGE_SQL, (*pair, "review", 1.0, by, fill)).fetchone()
+            if row is None:
+                raise ReviewError("one of them is deleted or merged already")
+            merged = Merged(row["merge_id"], row["survivor_id"], row["loser_id"],
+                            list(row["moved_systems"]))  # fmt: skip
+            outcome = f"merged {merged.loser} into {merged.survivor} (merge {merged.merge_id})"
+        else:
+            outcome = "kept apart"
             conn.execute(
                 "insert into sync.kept_apart (customer_a, customer_b, decided_by, reason)"
                 " values (%s, %s, %s, %s) on conflict do nothing",
                 (min(pair), max(pair), by, f"review item {item_id}"),
             )
+            reason = f"{pair[0]} and {pair[1]} kept apart by {by}"
             cause = {"review": item_id, "by": by}
             _audit(conn, pair[0], "kept apart", reason, f"review:{item_id}", cause, list(pair))
+        conn.execute(
+            "update sync.review_queue set resolved_at = now(), decision = %s, resolved_by = %s"
+            " where id = %s", (Jsonb({"outcome": outcome}), by, item_id),
+        )  # fmt: skip
+    if merged is not None:  # after the commit: the adapters read the links it moved
+        _publish(settings, merged.relinked(list(_rules(settings).mappings)))
     return outcome
 
 

@@ -38,9 +38,9 @@ from pydantic import ValidationError
 from crmsync import identity
 from crmsync.broker import STATE_TABLE, STREAMS_APP_ID, Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
-from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
+from crmsync.domain.customer import GoldenRecord
 from crmsync.domain.decide import CustomerState, Decision, GoldenChange, WriteBack, apply
-from crmsync.domain.events import CustomerChange, SourcePosition, parse_customer_event
+from crmsync.domain.events import CustomerChange, parse_customer_event
 from crmsync.domain.identity import Thresholds, person_of
 from crmsync.domain.inbound import (
     STAGING_TABLES,
@@ -68,8 +68,7 @@ settings = load_settings()
 rules = load_rules(settings.ownership_file, settings.mapping_file, {"crm": settings.crm_vendor})
 topics = Topics(settings.topic_prefix)
 thresholds = Thresholds(settings.identity_auto_link, settings.identity_review)
-#: What a merge may fill in the survivor from the loser: the fields apps may write.
-MERGE_FILL = sorted(f for f in SYNCED_FIELDS if rules.ownership.may_change("canonical", f))
+MERGE_FILL = identity.merge_fill(rules)
 
 app = faust.App(
     STREAMS_APP_ID,
@@ -387,20 +386,10 @@ async def find_duplicate(record: GoldenRecord) -> None:
     )  # fmt: skip
     if merged is None:
         return
-    merge_id, survivor, loser, moved = merged
     DUPLICATES.labels("merged").inc()
-    log.info("merged %s into %s (merge %d, %s %.2f)", loser, survivor, merge_id,
-             verdict.method, verdict.confidence)  # fmt: skip
-    # The survivor goes whole to every system: the records the loser had there are its own
-    # now (`moved`), and a vendor that matches by email (Zendesk) may have written the
-    # duplicate over the survivor's record before the merge.
-    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
-    source = SourcePosition(system="identity", topic="sync.merges", partition=0,
-                            offset=merge_id, op="u", tx_id=now, ts_ms=now)  # fmt: skip
-    reason = f"merge {merge_id}, moved {moved}"
-    relinked = Relinked(customer_id=survivor, systems=sorted(rules.mappings), reason=reason,
-                        source=source)  # fmt: skip
-    await route(survivor, relinked)
+    log.info("merged %s into %s (merge %d, %s %.2f)", merged.loser, merged.survivor,
+             merged.merge_id, verdict.method, verdict.confidence)  # fmt: skip
+    await route(merged.survivor, merged.relinked(list(rules.mappings)))
 
 
 @app.agent(writebacks)

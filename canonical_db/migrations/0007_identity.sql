@@ -80,15 +80,19 @@ create table if not exists sync.merges (
 );
 create index if not exists merges_loser on sync.merges (loser_id);
 
--- Merge `p_loser` into `p_survivor` in one transaction: the survivor's empty `p_fill` fields
--- take the loser's values (an ordinary write, so the pipeline sends them on); the loser's
--- links move to the survivor where it has no record in that system (and are written over by
--- its id), and stay with the loser where it has (the loser's delete archives that duplicate);
--- its audit rows become the survivor's; it is marked merged and soft-deleted. Returns the
--- merge's id, or null when either customer is gone or merged already.
+-- Merge two customers in one transaction. Survivor rule: the customer created first survives
+-- (then the lower id), so the record apps and targets have known longest keeps its id. The
+-- survivor's empty `p_fill` fields take the loser's values (an ordinary write, so the pipeline
+-- sends them on); the loser's links move to the survivor where it has no record in that
+-- system (and are written over by its id), and stay with the loser where it has (the loser's
+-- delete archives that duplicate); its audit rows become the survivor's; it is marked merged,
+-- soft-deleted and no longer matched. One row (merge id, survivor, loser, the systems whose
+-- record moved), or none when either customer is gone or merged already.
 create or replace function sync.merge_customers(
-    p_survivor uuid, p_loser uuid, p_method text, p_confidence real, p_by text, p_fill text[]
-) returns bigint language plpgsql as $$
+    p_a uuid, p_b uuid, p_method text, p_confidence real, p_by text, p_fill text[]
+) returns table (merge_id bigint, survivor_id uuid, loser_id uuid, moved_systems text[])
+language plpgsql as $$
+#variable_conflict use_column
 declare
     survivor jsonb;
     loser jsonb;
@@ -97,14 +101,18 @@ declare
     kept jsonb := '[]';
     audit_ids jsonb;
     link record;
-    merge_id bigint;
+    p_survivor uuid;
+    p_loser uuid;
 begin
+    select ids[1], ids[2] into p_survivor, p_loser from (
+        select array_agg(id order by created_at, id) ids
+        from public.customers where id in (p_a, p_b)) ordered;
     select to_jsonb(c) into survivor from public.customers c where id = p_survivor for update;
     select to_jsonb(c) into loser from public.customers c where id = p_loser for update;
-    if survivor is null or loser is null or p_survivor = p_loser
+    if survivor is null or loser is null
        or survivor->>'deleted_at' is not null or survivor->>'merged_into' is not null
        or loser->>'deleted_at' is not null or loser->>'merged_into' is not null then
-        return null;
+        return;
     end if;
     select coalesce(jsonb_object_agg(f, loser->f), '{}') into filled
     from unnest(p_fill) f
@@ -133,6 +141,7 @@ begin
     from sync.audit_log where customer_id = p_loser;
     update sync.audit_log set customer_id = p_survivor where customer_id = p_loser;
     update public.customers set merged_into = p_survivor, deleted_at = now() where id = p_loser;
+    delete from sync.identity_index where customer_id = p_loser;
     -- What could not be delivered for the duplicate (a target refusing a second record for
     -- one email, say) needs no replay: closed, with the reason.
     update sync.dead_letters
@@ -150,7 +159,8 @@ begin
             format('%s merged into %s by %s (%s, confidence %s)',
                    p_loser, p_survivor, p_by, p_method, p_confidence),
             'merge:' || merge_id);
-    return merge_id;
+    return query select merge_id, p_survivor, p_loser,
+        array(select value->>0 from jsonb_array_elements(moved) value);
 end $$;
 
 -- Undo merge `p_merge`: the loser is live again with its links and audit rows back, and the
