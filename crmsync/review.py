@@ -263,8 +263,8 @@ def resolve_identity(
                f"{system} record {external_id} {'linked to' if link_to else 'made'} customer"
                f" {customer_id} by {by}", f"review:{item_id}",
                {"review": item_id, "by": by}, after=[system, external_id])  # fmt: skip
-        if message is not None:
-            _publish(settings, message)
+    if message is not None:  # after the commit: the adapter writes the record by its link
+        _publish(settings, message)
     return customer_id
 
 
@@ -327,10 +327,10 @@ def unmerge(settings: Settings, merge_id: int, *, by: str) -> tuple[str, str]:
         except psycopg.errors.RaiseException as exc:
             raise ReviewError(str(exc.diag.message_primary)) from None
         survivor, loser = merge["survivor_id"], merge["loser_id"]
-        if moved and moved["s"]:  # the survivor needs records of its own there again
-            _publish(settings, Relinked(customer_id=survivor, systems=moved["s"],
-                                        reason=f"merge {merge_id} undone",
-                                        source=_source("identity", merge_id)))  # fmt: skip
+    if moved and moved["s"]:  # after the commit: the survivor needs records of its own there
+        _publish(settings, Relinked(customer_id=survivor, systems=moved["s"],
+                                    reason=f"merge {merge_id} undone",
+                                    source=_source("identity", merge_id)))  # fmt: skip
     return survivor, loser
 
 

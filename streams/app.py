@@ -353,10 +353,14 @@ async def identify(stream: faust.StreamT[bytes]) -> None:
             )  # fmt: skip
             check = moved or current.get(change.customer_id, (None, False))[1]
             current[change.customer_id] = (record, check)
-        await identify_db.run(
-            partial(identity.index_customers,
-                    records=[(cid, rec) for cid, (rec, _) in current.items()])
-        )  # fmt: skip
+        records = [(cid, rec) for cid, (rec, _) in current.items()]
+        try:
+            await identify_db.run(partial(identity.index_customers, records=records))
+        except Exception as exc:  # a bug or a row the database refuses: park them, go on
+            log.exception("identity index batch failed; dead-lettered")
+            for cid, _ in records:
+                await park("identify", orjson.dumps({"id": cid}), repr(exc), identify_db)
+            continue
         for record, check in current.values():
             if record is None or not check:
                 continue
