@@ -76,6 +76,8 @@ class Stack:
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     restarts: dict[str, int] = field(default_factory=dict)
     last_rebase: float = 0.0
+    #: Extra options for every emulator (the benchmark's `--unlimited`, `--receipts`).
+    emulator_flags: tuple[str, ...] = ()
 
     @property
     def logs(self) -> Path:
@@ -96,7 +98,8 @@ class Stack:
             vendor = self.settings.vendor(target)
             data = self.settings.state_dir / "emulators" / f"{vendor}.sqlite"
             port = str(self.settings.emulator_port_of(target))
-            return [*cli, "emulator", vendor, "--port", port, "--data", str(data)]
+            return [*cli, "emulator", vendor, "--port", port, "--data", str(data),
+                    *self.emulator_flags]  # fmt: skip
         if name.startswith("adapter-"):
             return [*cli, "adapter", name.removeprefix("adapter-")]
         return {
@@ -123,8 +126,9 @@ class Stack:
         self.processes["broker"] = start_tansu(self.settings.broker_port, self.logs / "broker.log")
         wait_for_broker(self.settings.bootstrap)
 
-    def up(self) -> None:
-        """Start everything that is not running yet; returns once each component is started."""
+    def up(self, pipeline: tuple[str, ...] = PIPELINE) -> None:
+        """Start everything that is not running yet (of the pipeline, only `pipeline`);
+        returns once each component is started."""
         check_prerequisites(self.settings)
         self.settings.state_dir.mkdir(parents=True, exist_ok=True)
         if self.settings.embedded_database:
@@ -139,7 +143,7 @@ class Stack:
         for target in self.emulators().values():
             wait_for_http(f"{self.settings.target_url(target)}/_emulator/stats")
         subscribe_webhooks(self.settings)
-        for name in PIPELINE:
+        for name in pipeline:
             self.spawn(name)
 
     def supervise(self) -> list[str]:

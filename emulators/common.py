@@ -16,6 +16,7 @@ vendor's API::
     GET  /_emulator/webhooks
     DELETE /_emulator/webhooks             unsubscribe every webhook (deliveries stop)
     POST /_emulator/reset                  forget every record, fault and subscription
+    GET  /_emulator/receipts?after=N       with `--receipts`: when each record write arrived
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import sqlite3
 import time
 from collections import deque
@@ -38,11 +40,13 @@ import pydantic
 from aiohttp import ClientSession, ClientTimeout, web
 
 __all__ = [
+    "UNLIMITED",
     "Admission",
     "DurableStore",
     "FaultInjector",
     "Faults",
     "FixedWindowCounter",
+    "Receipts",
     "SlidingWindowLimiter",
     "WebhookEmitter",
     "add_control_routes",
@@ -65,7 +69,8 @@ class DurableStore:
     are committed one by one in WAL mode: a killed emulator keeps every acknowledged write.
     """
 
-    def __init__(self, path: Path | str | None) -> None:
+    def __init__(self, path: Path | str | None, receipts: Receipts | None = None) -> None:
+        self.receipts = receipts
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path) if path is not None else ":memory:")
@@ -87,12 +92,15 @@ class DurableStore:
             yield record_id, orjson.loads(doc)
 
     def put(self, collection: str, record_id: str, doc: Any) -> None:
+        body = orjson.dumps(doc)
         self._db.execute(
             "insert into records values (?, ?, ?)"
             " on conflict (collection, id) do update set doc = excluded.doc",
-            (collection, record_id, orjson.dumps(doc)),
+            (collection, record_id, body),
         )
         self._db.commit()
+        if self.receipts is not None:
+            self.receipts.note(body)
 
     def delete(self, collection: str, record_id: str) -> None:
         self._db.execute(
@@ -117,6 +125,33 @@ class DurableStore:
 
     def close(self) -> None:
         self._db.close()
+
+
+class Receipts:
+    """When each write of a synced record arrived (for benchmarks: `--receipts`).
+
+    A record is recognised by the crmsync customer id it carries (HubSpot `crmsync_id`, Stripe
+    `metadata.crmsync_id`, Zendesk `external_id`); its marker is the number in a `"state":
+    "B<n>"` value (HubSpot's `state`, Stripe's `address.state`), -1 when it has none. Entries
+    are `(unix time, customer id, marker)` in arrival order.
+    """
+
+    CUSTOMER = re.compile(rb'"(?:crmsync_id|external_id)":"([0-9a-f-]{36})"')
+    MARKER = re.compile(rb'"state":"B(\d+)"')
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[float, str, int]] = []
+
+    def note(self, body: bytes) -> None:
+        customer = self.CUSTOMER.search(body)
+        if customer is None:
+            return
+        marker = self.MARKER.search(body)
+        self.entries.append((time.time(), customer[1].decode(), int(marker[1]) if marker else -1))
+
+    def since(self, after: int, limit: int = 100_000) -> dict[str, Any]:
+        page = self.entries[after : after + limit]
+        return {"receipts": page, "next": after + len(page)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -442,7 +477,17 @@ def emulator_parser(
     parser.add_argument("--port", type=int, default=port)
     parser.add_argument("--data", type=Path, help="SQLite file for the records (default: memory)")
     parser.add_argument("--token", help=f"the only {credential} to accept (default: any)")
+    parser.add_argument(
+        "--unlimited", action="store_true", help="lift every rate limit and quota (benchmarks)"
+    )
+    parser.add_argument(
+        "--receipts", action="store_true", help="serve /_emulator/receipts (benchmarks)"
+    )
     return parser
+
+
+#: What `--unlimited` sets every rate limit and quota to.
+UNLIMITED = 10**9
 
 
 def serve(
@@ -450,11 +495,21 @@ def serve(
     host: str,
     port: int,
     data: Path | str | None,
+    receipts: bool = False,
     **run_options: Any,
 ) -> None:
-    """Serve the app over a store kept in `data` (SQLite; None: memory) until interrupted."""
-    store = DurableStore(data)
+    """Serve the app over a store kept in `data` (SQLite; None: memory) until interrupted;
+    with `receipts`, also when each record write arrived (`GET /_emulator/receipts`)."""
+    store = DurableStore(data, Receipts() if receipts else None)
+    app = create_app(store)
+    if store.receipts is not None:
+        journal = store.receipts
+
+        async def get_receipts(request: web.Request) -> web.Response:
+            return _json(200, journal.since(int(request.query.get("after", "0"))))
+
+        app.router.add_get("/_emulator/receipts", get_receipts)
     try:
-        web.run_app(create_app(store), host=host, port=port, access_log=None, **run_options)
+        web.run_app(app, host=host, port=port, access_log=None, **run_options)
     finally:
         store.close()

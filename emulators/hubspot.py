@@ -42,6 +42,7 @@ import pydantic
 from aiohttp import web
 
 from emulators.common import (
+    UNLIMITED,
     DurableStore,
     FaultInjector,
     FixedWindowCounter,
@@ -1510,8 +1511,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "daily_limit": args.daily_limit,
         "search_limit_per_second": args.search_rate_max,
     }
+    if args.unlimited:
+        settings |= {"rate_limit_max": UNLIMITED, "daily_limit": UNLIMITED,
+                     "search_limit_per_second": UNLIMITED}  # fmt: skip
     config = HubSpotEmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
-    serve(lambda store: create_app(config, store), args.host, args.port, args.data)
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data, args.receipts)
 
 
 if __name__ == "__main__":

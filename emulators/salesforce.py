@@ -45,6 +45,7 @@ import pydantic
 from aiohttp import web
 
 from emulators.common import (
+    UNLIMITED,
     Admission,
     DurableStore,
     FaultInjector,
@@ -2115,10 +2116,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         "username": args.username,
         "password": args.password,
     }
+    if args.unlimited:
+        settings["daily_api_limit"] = UNLIMITED
     config = SalesforceEmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
     tls = _tls_context(args.tls_cert, args.tls_key)
     serve(lambda store: create_app(config, store), args.host, args.port, args.data,
-          ssl_context=tls)  # fmt: skip
+          args.receipts, ssl_context=tls)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ import pydantic
 from aiohttp import web
 
 from emulators.common import (
+    UNLIMITED,
     DurableStore,
     FaultInjector,
     SlidingWindowLimiter,
@@ -1542,8 +1543,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         "search_per_second": args.search_rate,
         "search_lag_seconds": args.search_lag,
     }
+    if args.unlimited:
+        settings |= {name: UNLIMITED for name in settings if name.endswith("_per_second")}
     config = StripeEmulatorConfig(**{k: v for k, v in settings.items() if v is not None})
-    serve(lambda store: create_app(config, store), args.host, args.port, args.data, print=None)
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data,
+          args.receipts, print=None)  # fmt: skip
 
 
 if __name__ == "__main__":

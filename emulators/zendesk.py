@@ -52,6 +52,7 @@ import pydantic
 from aiohttp import web
 
 from emulators.common import (
+    UNLIMITED,
     Admission,
     DurableStore,
     FaultInjector,
@@ -1808,15 +1809,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     config = ZendeskEmulatorConfig(
         required_token=args.token,
         plan=args.plan,
-        rate_limit=args.rate_limit,
+        rate_limit=UNLIMITED if args.unlimited else args.rate_limit,
         rate_window_seconds=args.rate_window,
-        user_update_limit=args.user_update_limit,
-        export_limit=args.export_limit,
+        user_update_limit=UNLIMITED if args.unlimited else args.user_update_limit,
+        export_limit=UNLIMITED if args.unlimited else args.export_limit,
         job_delay_seconds=args.job_delay_ms / 1000,
         user_fields=tuple(args.user_field) if args.user_field else None,
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    serve(lambda store: create_app(config, store), args.host, args.port, args.data)
+    serve(lambda store: create_app(config, store), args.host, args.port, args.data, args.receipts)
 
 
 if __name__ == "__main__":
