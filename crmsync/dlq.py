@@ -25,7 +25,7 @@ import psycopg
 from confluent_kafka import Producer
 from psycopg.rows import dict_row
 
-from crmsync.broker import PRODUCER_CONFIG, Topics
+from crmsync.broker import ONE_PER_BATCH, Topics
 from crmsync.domain.decide import Command, fingerprint
 from crmsync.domain.events import SourcePosition
 from crmsync.resync import Desired, desired_states
@@ -152,7 +152,7 @@ async def replay(
         replayed: list[int] = []
         producer = Producer(
             {"bootstrap.servers": settings.bootstrap, "partitioner": "murmur2_random",
-             **PRODUCER_CONFIG}
+             **ONE_PER_BATCH}
         )  # fmt: skip
         by_target: dict[str, list[str]] = {}
         for target_name, key in deliver:

@@ -24,7 +24,7 @@ from confluent_kafka import Producer
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from crmsync.broker import PRODUCER_CONFIG, Topics
+from crmsync.broker import ONE_PER_BATCH, Topics
 from crmsync.domain.customer import normalise_value
 from crmsync.domain.events import SourcePosition
 from crmsync.domain.inbound import (
@@ -135,7 +135,7 @@ def _publish(settings: Settings, *messages: Resolution | InboundChange | Relinke
     """Onto `crmsync.inbound`, keyed and partitioned as the customers topic (murmur2)."""
     producer = Producer(
         {"bootstrap.servers": settings.bootstrap, "partitioner": "murmur2_random",
-         **PRODUCER_CONFIG}
+         **ONE_PER_BATCH}
     )  # fmt: skip
     for message in messages:
         producer.produce(

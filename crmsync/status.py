@@ -15,7 +15,7 @@ import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from crmsync.broker import STREAMS_APP_ID, Topics
+from crmsync.broker import STREAMS_APP_ID, Topics, end_offsets
 from crmsync.domain.inbound import STAGING_TABLES
 from crmsync.domain.ownership import TARGETS
 from crmsync.errors import ConfigError
@@ -158,13 +158,10 @@ def consumer_lag(settings: Settings) -> dict[str, Any]:
         try:
             parts = [TopicPartition(topic, p) for p in range(settings.partitions)]
             committed = consumer.committed(parts, timeout=5)
-            lag = end_total = 0
-            for tp in committed:
-                _, high = consumer.get_watermark_offsets(tp, timeout=5)
-                end_total += high
-                lag += high - (tp.offset if tp.offset >= 0 else 0)
-            result[name] = {"topic": topic, "end_offset": end_total, "lag": lag}
-        except KafkaException as exc:
+            ends = end_offsets(settings.bootstrap, topic, settings.partitions, timeout=5)
+            lag = sum(end - max(tp.offset, 0) for end, tp in zip(ends, committed, strict=True))
+            result[name] = {"topic": topic, "end_offset": sum(ends), "lag": lag}
+        except (KafkaException, TimeoutError) as exc:
             result[name] = {"topic": topic, "error": str(exc)}
         finally:
             consumer.close()

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from crmsync.broker import end_offsets
 from crmsync.settings import Settings
 from crmsync.stack import Stack, terminate, wait_for_http
 from tests.conftest import free_port
@@ -134,10 +135,12 @@ class RunningStack:
         """Every record now in `topic` (all partitions), read without joining a group."""
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": "tests"})
         records = []
+        ends = end_offsets(self.settings.bootstrap, topic, self.settings.partitions)
         try:
-            for partition in range(self.settings.partitions):
-                tp = TopicPartition(topic, partition)
-                low, high = consumer.get_watermark_offsets(tp, timeout=10)
+            for partition, high in enumerate(ends):
+                low, _ = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=10
+                )
                 if high <= low:
                     continue
                 consumer.assign([TopicPartition(topic, partition, low)])
@@ -155,14 +158,7 @@ class RunningStack:
         return records
 
     def end_offsets(self, topic: str) -> int:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap, "group.id": "tests"})
-        try:
-            return sum(
-                consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in range(self.settings.partitions)
-            )
-        finally:
-            consumer.close()
+        return sum(end_offsets(self.settings.bootstrap, topic, self.settings.partitions))
 
 
 def stack_settings(state_dir: Path, emulator: Emulator | None, **overrides: Any) -> Settings:
