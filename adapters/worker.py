@@ -178,7 +178,12 @@ class TargetAdapter:
         for lane in LANES:  # the wave is sorted by lane; each lane finishes before the next
             in_lane = [w for w in upserts if w.lane == lane]
             chunks = [in_lane[i : i + size] for i in range(0, len(in_lane), size)]
-            await asyncio.gather(*(self.upsert(chunk, links) for chunk in chunks))
+            sent = await asyncio.gather(*(self.send_upserts(chunk, links) for chunk in chunks))
+            # What the lane's requests did, recorded in one transaction, not one per request.
+            done = [result for result in sent if result is not None]
+            if done:
+                writes = [w for ws, _ in done for w in ws]
+                await self.record(writes, [o for _, os in done for o in os], again=True)
         chunks = [archives[i : i + size] for i in range(0, len(archives), size)]
         await asyncio.gather(*(self.archive(chunk) for chunk in chunks))
 
@@ -273,6 +278,16 @@ class TargetAdapter:
             QUOTA_USED.labels(self.target, _window_name(window.nominal_window)).set(window.used())
 
     async def upsert(self, writes: list[Write], links: dict[str, Link], again: bool = True) -> None:
+        sent = await self.send_upserts(writes, links, again)
+        if sent is not None:
+            await self.record(*sent, again)
+
+    async def send_upserts(
+        self, writes: list[Write], links: dict[str, Link], again: bool = True
+    ) -> tuple[list[Write], list[Outcome]] | None:
+        """One upsert request; the outcomes, for `record`. None: nothing left to record (the
+        writes were isolated and recorded one by one, or dead-lettered)."""
+
         def item(write: Write) -> Upsert:
             link = links.get(write.customer_id)
             if link is None:
@@ -291,14 +306,14 @@ class TargetAdapter:
             if len(writes) > 1:  # isolate the record the API refuses; deliver the rest
                 for write in writes:
                     await self.upsert([write], links, again)
-                return
+                return None
             await self.dead_letter_write(writes[0], str(exc), 1)
-            return
+            return None
         except RetriesExhausted as exc:
             for write in writes:
                 await self.dead_letter_write(write, str(exc), exc.attempts)
-            return
-        await self.record(writes, outcomes, again)
+            return None
+        return writes, outcomes
 
     async def record(self, writes: list[Write], outcomes: list[Outcome], again: bool) -> None:
         """Store what each write did. A write the vendor matched to another customer's record
