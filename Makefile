@@ -4,6 +4,7 @@ VENV  := .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 .PHONY: up test lint bench clean
+BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -21,6 +22,16 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/python -m pytest
+
+$(BENCH_STAMP): $(STAMP)
+	$(VENV)/bin/python -m pip install -qq -e '.[test,bench]'
+	rm -f $(VENV)/.bench-*
+	touch $@
+
+# The embedded stack's throughput, latency, snapshot speed, memory and quota use against the
+# emulators (about 45 min on 2 cores): bench/results/pipeline.{json,md,png}. Not a test.
+bench: $(BENCH_STAMP)
+	$(VENV)/bin/python -m bench.pipeline
 
 # Identity matching: quality on generated duplicates (about 30 s), then speed against
 # 1,000,000 customers in a throwaway PostgreSQL (about 8 min on 2 cores); bench/results/identity.*

@@ -14,7 +14,6 @@ import bisect
 import datetime as dt
 import json
 import os
-import platform
 import random
 import re
 import socket
@@ -27,7 +26,6 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from importlib import metadata
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -36,6 +34,7 @@ import phonenumbers
 from faker import Faker
 from nicknames import NickNamer
 
+from bench.machine import machine
 from crmsync.domain.customer import normalise_value
 from crmsync.domain.identity import (
     Candidate,
@@ -50,6 +49,7 @@ from crmsync.errors import ValidationFailed
 from crmsync.identity import CANDIDATE_LIMIT
 
 RESULTS = Path(__file__).parent / "results"
+LIBRARIES = ("faker", "rapidfuzz", "jellyfish", "nicknames", "phonenumbers", "psycopg")
 #: Locale -> the country its phones are read in; weights: how often a person is from there.
 LOCALES = {"en_US": "US", "en_GB": "GB", "de_DE": "DE", "fr_FR": "FR"}
 LOCALE_WEIGHTS = (0.4, 0.2, 0.2, 0.2)
@@ -726,34 +726,6 @@ def pooled_people(g: People, pools: Pools, count: int) -> Iterator[tuple[str, di
         yield locale, v
 
 
-def machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    memory = 0
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        )
-        meminfo = Path("/proc/meminfo").read_text().split()
-        memory = int(meminfo[meminfo.index("MemTotal:") + 1]) // 1024
-    except (OSError, StopIteration, ValueError):
-        pass
-    libraries = ("faker", "rapidfuzz", "jellyfish", "nicknames", "phonenumbers", "psycopg")
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True)
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory_mb": memory,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "libraries": {name: metadata.version(name) for name in libraries},
-        "commit": head.stdout.strip() + (" with uncommitted changes" if dirty.stdout else ""),
-    }
-
-
 _COPY_SQL = (
     "copy sync.identity_index (customer_id, email, phone, first_name, last_name, company,"
     " street, postal_code, city, birth_date, keys) from stdin"
@@ -1096,7 +1068,7 @@ def _write(section: str, result: dict[str, Any]) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / "identity.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results["machine"] = machine()
+    results["machine"] = machine(LIBRARIES)
     results[section] = result
     path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     (RESULTS / "identity.md").write_text(_markdown(results))
