@@ -55,7 +55,7 @@ from bench.machine import machine
 from canonical_db import apply_migrations
 from crmsync.broker import ONE_PER_BATCH, PRODUCER_CONFIG, Topics, admin_client, end_offsets
 from crmsync.settings import Settings
-from crmsync.stack import PIPELINE, Stack
+from crmsync.stack import PIPELINE, Stack, free_port
 from crmsync.targets import load_plan
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,14 +78,6 @@ GOALS = {
 FIRST_NAMES = ("Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "John",
                "Margaret", "Ken", "Radia", "Dennis", "Hedy", "Tim", "Linus")  # fmt: skip
 SYLLABLES = ("ka", "lo", "mi", "ren", "sa", "tor", "vel", "qu", "an", "dri", "bo", "ne")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def bench_settings(state_dir: Path, lifted: bool) -> Settings:

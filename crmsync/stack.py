@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -29,7 +31,7 @@ from crmsync.errors import PrerequisiteMissing
 from crmsync.postgres import LocalPostgres, find_pg_bindir
 from crmsync.settings import Settings
 
-__all__ = ["Stack", "check_prerequisites", "read_stack_file", "subscribe_webhooks"]
+__all__ = ["Stack", "check_prerequisites", "free_port", "read_stack_file", "subscribe_webhooks"]
 
 log = logging.getLogger("crmsync.stack")
 
@@ -248,6 +250,32 @@ def subscribe_webhooks(settings: Settings) -> list[str]:
         response.raise_for_status()
         subscribed.append(url)
     return subscribed
+
+
+_given: set[int] = set()
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on, below the kernel's ephemeral range. A port from
+    bind(0) comes from that range, where any outgoing connection (a Kafka client's, say) may
+    take it before the component it was meant for starts listening. Never the same twice in
+    one process."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(1000):
+        port = random.randrange(20000, low)
+        if port in _given:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _given.add(port)
+        return port
+    raise RuntimeError("no free loopback port below the ephemeral range")
 
 
 def wait_for_http(url: str, timeout: float = 30.0) -> None:
