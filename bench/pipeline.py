@@ -266,7 +266,7 @@ def deliveries(receipts: Receipts, changes: list[Change], timeout: float) -> lis
         if pending and time.monotonic() > deadline:
             raise TimeoutError(f"{len(pending)} of {len(changes)} changes never arrived")
         if pending:
-            time.sleep(0.2)
+            time.sleep(1.0 if len(pending) > 100 else 0.05)  # less of the bench's own CPU
     return done
 
 
@@ -398,22 +398,24 @@ def percentiles(values: list[float]) -> dict[str, float]:
 
 @dataclass
 class Sizes:
-    preload: int = 20_000
+    preload: int = 5_000
     capture_changes: int = 100_000
     broker_messages: int = 100_000
     sustained_seconds: float = 60.0
-    in_flight: int = 15_000  # changes committed but not yet delivered, at most
+    in_flight: int = 5_000  # changes committed but not yet delivered, at most
     latency_rate: int = 500
     latency_seconds: float = 60.0
     idle_seconds: float = 600.0
     snapshot_rows: int = 1_000_000
+    state_limit_seconds: float = 1200.0  # then the state rate and memory are taken as they are
     quota_window_seconds: float = 120.0
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(preload=2_000, capture_changes=30_000, broker_messages=30_000,
-                   sustained_seconds=20.0, latency_seconds=20.0, idle_seconds=30.0,
-                   snapshot_rows=100_000, quota_window_seconds=30.0)  # fmt: skip
+                   sustained_seconds=20.0, in_flight=2_000, latency_seconds=20.0,
+                   idle_seconds=30.0, snapshot_rows=100_000, state_limit_seconds=300.0,
+                   quota_window_seconds=30.0)  # fmt: skip
 
 
 @dataclass
@@ -647,10 +649,15 @@ def snapshot(root: Path, report: Report) -> None:
             state_start = time.time()
             stack.spawn("streams")
             first_state = wait_for(lambda: sample()["state"] > 0, 300, "the first state", 0.2)
-            state_done = wait_for(lambda: sample()["state"] >= rows, 7200, "the state", 1.0)
-            report.log(f"snapshot: {rows:,} in state after {state_done - state_start:.0f} s")
+            try:
+                state_done = wait_for(lambda: sample()["state"] >= rows,
+                                      sizes.state_limit_seconds, "the state", 1.0)  # fmt: skip
+            except TimeoutError:
+                state_done = time.time()  # measured this far: the rate, and memory per customer
+            in_state = min(rows, progress[-1]["state"])
+            report.log(f"snapshot: {in_state:,} in state after {state_done - state_start:.0f} s")
             memory, pss = rss_mib(stack), memory_mib(stack)
-            report.log(f"memory (RSS MiB) with {rows:,} in state: {memory}")
+            report.log(f"memory (RSS MiB) with {in_state:,} in state: {memory}")
             stats0 = emulator_stats(stack)
             for name in PIPELINE:
                 if name.startswith("adapter-"):
@@ -672,7 +679,8 @@ def snapshot(root: Path, report: Report) -> None:
             "load_seconds": round(load_seconds, 1),
             "topics_per_s": round(rows / (topics_done - first_topic)),
             "topics_after_s": round(topics_done - start, 1),
-            "state_per_s": round(rows / (state_done - first_state)),
+            "in_state": in_state,
+            "state_per_s": round(in_state / (state_done - first_state)),
             "state_after_s": round(state_done - state_start, 1),
             "memory_mib": memory,
             "pss_mib": pss,
@@ -802,9 +810,13 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         out.append(
             row("  through state", snap["state_per_s"], GOALS["snapshot_state_per_s"], "rows/s")
         )
+        if snap["in_state"] < snap["rows"]:
+            out.append(row("  in state when the time limit ended it", snap["in_state"], None, ""))
         for name, mib in snap["memory_mib"].items():
             goal = GOALS["streams_rss_mib"] if name == "streams" else None
-            out.append(row(f"  memory: {name}", mib, goal, "MiB", low=True))
+            out.append(
+                row(f"  RSS with {snap['in_state']:,} in state: {name}", mib, goal, "MiB", low=True)
+            )
         for target, use in snap["backfill"].items():
             out.append(
                 row(

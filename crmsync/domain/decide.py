@@ -18,6 +18,7 @@ into `public.customers` are recognised by their `sync_origin` and dropped.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -47,13 +48,41 @@ __all__ = [
 ]
 
 
+#: How many superseded values per field a target's late echoes are recognised by.
+ECHO_MEMORY = 3
+
+
 class TargetPush(BaseModel):
-    """What we last told one target: a hash of the full property set, or that it was archived."""
+    """What we last told one target: a hash of the full property set, or that it was archived;
+    and, per field, short hashes of the last values we sent it (newest last). A target that
+    lags behind our writes reports each of them back in turn; one of those values coming back
+    after we have moved on is our own write arriving late, not an edit made there."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hash: str
     archived: bool = False
+    sent: dict[str, list[str]] = {}
+
+    def sent_before(self, field: str, value: Any) -> bool:
+        return _short(value) in self.sent.get(field, ())
+
+
+def _short(value: Any) -> str:
+    return fingerprint(value)[:8]
+
+
+def _remember(
+    previous: TargetPush | None, record: GoldenRecord, fields: Iterable[str]
+) -> dict[str, list[str]]:
+    """`previous.sent` with each field's value in `record` added where it is new."""
+    sent = dict(previous.sent) if previous is not None and not previous.archived else {}
+    for field in fields:
+        value = _short(getattr(record, field))
+        values = sent.get(field, [])
+        if not values or values[-1] != value:
+            sent[field] = [*values, value][-ECHO_MEMORY:]
+    return sent
 
 
 class CustomerState(BaseModel):
@@ -248,7 +277,10 @@ def _target_command(
     if previous and consent & set(delta):
         lane = "consent"
     full = not previous
-    return TargetPush(hash=desired_hash), command("upsert", delta, desired_hash, full, lane)
+    sent = _remember(pushed, record, sorted(rules.synced_fields(target)))
+    return TargetPush(hash=desired_hash, sent=sent), command(
+        "upsert", delta, desired_hash, full, lane
+    )
 
 
 def _commands(
@@ -570,6 +602,12 @@ def _apply_inbound(
         # A value the record already held before this change is not a change the system
         # made now: the system is behind (our write to it is on its way), not disagreeing.
         proposed = {f: v for f, v in incoming.items() if f not in before or before[f] != v}
+    own = state.pushed.get(system)
+    if own is not None:
+        # A value we sent this system before the golden record moved on: our own write
+        # arriving late (the target lags behind our writes), not an edit made there.
+        proposed = {f: v for f, v in proposed.items()
+                    if v == getattr(golden, f) or not own.sent_before(f, v)}  # fmt: skip
     changed_now = {
         name for name, m in mapping.fields.items()
         if change.previous is None
@@ -578,7 +616,6 @@ def _apply_inbound(
     invalid = [
         f"{system} {field}: {why}" for field, why in problems.items() if field in changed_now
     ]
-    own = state.pushed.get(system)
     in_sync = own is not None and own.hash == fingerprint(desired)
     applied, rejected, attempts, sources = _settle(
         state, system, proposed, source, customer_id, rules, in_sync
@@ -588,11 +625,14 @@ def _apply_inbound(
         state, new_golden, source, customer_id, rules, deleted=False, skip=system
     )
     if in_sync:  # it held the golden record, and now holds it with its change:
-        pushed[system] = TargetPush(hash=fingerprint(_desired(new_golden, system, rules)))
+        pushed[system] = TargetPush(
+            hash=fingerprint(_desired(new_golden, system, rules)), sent=own.sent if own else {}
+        )
     if rejected:  # the golden value goes back to the system that changed it
         revert = _forced_write(customer_id, source, system, rules, new_golden, set(rejected))
         commands.append(revert)
-        pushed[system] = TargetPush(hash=revert.desired_hash)
+        sent = _remember(own, new_golden, sorted(rejected))
+        pushed[system] = TargetPush(hash=revert.desired_hash, sent=sent)
     writeback = None
     if applied:
         writeback = _writeback(

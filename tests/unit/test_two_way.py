@@ -176,6 +176,23 @@ def test_a_late_echo_from_a_system_we_sent_the_newer_value_is_recorded_not_rewri
     assert [a.outcome for a in decision.attempts] == ["rejected"]
 
 
+def test_our_own_earlier_write_arriving_late_is_an_echo_not_an_edit() -> None:
+    """Under a backlog the CRM applies our writes, and reports each one back, well after the
+    app moved on: a value we sent it before is our write arriving late, however recent its
+    timestamp, not an edit that should win on time and send the customer back in time."""
+    first = step(CREATED, canonical({"region": "B1"}, before={}, offset=1, at=T0 + 1_000))
+    second = step(first.state, canonical({"region": "B2"}, before={"region": "B1"}, offset=2,
+                                         at=T0 + 2_000))  # fmt: skip
+    assert targets(first)["crm"]["state"] == "B1" and targets(second)["crm"]["state"] == "B2"
+    late = hubspot({"state": "B1"}, at=T0 + 60_000, previous={"state": None})  # ours, applied late
+    decision = step(second.state, late)
+    assert decision.state.golden.region == "B2"  # type: ignore[union-attr]
+    assert decision.writeback is None and decision.change is None and decision.attempts == []
+    # A value we never sent it is still an edit made there, and wins on time.
+    edit = step(second.state, hubspot({"state": "B9"}, at=T0 + 60_000, previous={"state": "B2"}))
+    assert edit.state.golden.region == "B9"  # type: ignore[union-attr]
+
+
 def test_after_a_re_snapshot_a_stale_copy_of_a_record_changes_nothing() -> None:
     """The broker was rebased: the state is rebuilt from a snapshot of the row (read at
     T0 + 90 s), and the CRM's staged copy, made before, still shows the old name."""
