@@ -249,12 +249,13 @@ def wait_for(probe: Callable[[], bool], timeout: float, what: str, every: float 
     return time.time()
 
 
-def deliveries(receipts: Receipts, changes: list[Change], timeout: float) -> list[float]:
-    """Every change's delivery time, waiting (up to `timeout` s) for the last ones."""
+def deliveries(receipts: Receipts, changes: list[Change], timeout: float) -> list[float | None]:
+    """Every change's delivery time, waiting up to `timeout` s for the last ones (None: not
+    delivered by then)."""
     pending = list(range(len(changes)))
-    done: list[float] = [0.0] * len(changes)
+    done: list[float | None] = [None] * len(changes)
     deadline = time.monotonic() + timeout
-    while pending:
+    while pending and time.monotonic() < deadline:
         left = []
         for i in pending:
             at = receipts.delivery(changes[i])
@@ -263,11 +264,13 @@ def deliveries(receipts: Receipts, changes: list[Change], timeout: float) -> lis
             else:
                 done[i] = at
         pending = left
-        if pending and time.monotonic() > deadline:
-            raise TimeoutError(f"{len(pending)} of {len(changes)} changes never arrived")
         if pending:
             time.sleep(1.0 if len(pending) > 100 else 0.05)  # less of the bench's own CPU
     return done
+
+
+def latencies_ms(changes: list[Change], delivered: list[float | None]) -> list[float]:
+    return [(d - c.committed) * 1000 for d, c in zip(delivered, changes, strict=True) if d]
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,7 +357,11 @@ def cpu_share(
 
 
 def topic_count(stack: Stack, topic: str) -> int:
-    return sum(end_offsets(stack.settings.bootstrap, topic, stack.settings.partitions))
+    """Records in `topic` (-1: the broker too busy to answer in time; sample again)."""
+    try:
+        return sum(end_offsets(stack.settings.bootstrap, topic, stack.settings.partitions))
+    except TimeoutError:
+        return -1
 
 
 def quiet(stack: Stack, settle: float = 3.0, timeout: float = 600.0) -> None:
@@ -405,9 +412,10 @@ class Sizes:
     in_flight: int = 5_000  # changes committed but not yet delivered, at most
     latency_rate: int = 500
     latency_seconds: float = 60.0
+    drain_seconds: float = 240.0  # after the last write; then what has not arrived is counted
     idle_seconds: float = 600.0
     snapshot_rows: int = 1_000_000
-    state_limit_seconds: float = 1200.0  # then the state rate and memory are taken as they are
+    state_limit_seconds: float = 600.0  # then the state rate and memory are taken as they are
     quota_window_seconds: float = 120.0
 
     @classmethod
@@ -549,9 +557,9 @@ def end_to_end(
     writing = time.time() - start
     changes = workload.changes[first:]
     delivered = deliveries(receipts, changes, timeout=900)
-    last = max(delivered)
+    last = max(d for d in delivered if d)
     cpu = cpu_share(cpu_before, cpu_seconds(stack), last - start)
-    latencies = [(d - c.committed) * 1000 for d, c in zip(delivered, changes, strict=True)]
+    latencies = latencies_ms(changes, delivered)
     per_target = {}
     for target in TARGETS:
         times = [receipts.delivered(target, c.customer, None if target == "support" else c.seq)
@@ -563,7 +571,8 @@ def end_to_end(
         "inserts": sum(c.insert for c in changes),
         "writing_s": round(writing, 1),
         "drained_after_s": round(last - start - writing, 1),
-        "end_to_end_per_s": round(len(changes) / (last - start)),
+        "undelivered": delivered.count(None),
+        "end_to_end_per_s": round(len(latencies) / (last - start)),
         "per_target_per_s": per_target,
         "latency_ms": percentiles(latencies),
         "cpu_cores": cpu,
@@ -589,11 +598,13 @@ def latency(
         workload.commit(1)
     late = time.time() - (start + count / sizes.latency_rate)
     changes = workload.changes[first:]
-    delivered = deliveries(receipts, changes, timeout=300)
-    latencies = [(d - c.committed) * 1000 for d, c in zip(delivered, changes, strict=True)]
+    delivered = deliveries(receipts, changes, timeout=sizes.drain_seconds)
+    latencies = latencies_ms(changes, delivered)
     result: dict[str, Any] = {
         "rate_per_s": sizes.latency_rate,
         "changes": count,
+        "undelivered": delivered.count(None),
+        "drain_seconds": sizes.drain_seconds,
         "writer_behind_s": round(late, 2),
         "latency_ms": percentiles(latencies),
         "cdf_ms": cdf(latencies),
@@ -603,9 +614,9 @@ def latency(
     first = len(workload.changes)
     workload.commit(1, insert_share=0.0)
     change = workload.changes[first]
-    at = deliveries(receipts, [change], timeout=60)[0]
+    at = deliveries(receipts, [change], timeout=120)[0]
     result["idle_seconds"] = sizes.idle_seconds
-    result["after_idle_ms"] = round((at - change.committed) * 1000, 1)
+    result["after_idle_ms"] = round((at - change.committed) * 1000, 1) if at else None
     report.log(f"first change after idle: {result['after_idle_ms']} ms")
     return result
 
@@ -685,8 +696,9 @@ def snapshot(root: Path, report: Report) -> None:
             "memory_mib": memory,
             "pss_mib": pss,
             "progress": progress,
-            "backfill": quota,
         }
+        report.results["backfill"] = {"rows": rows, "window_seconds": round(window, 1),
+                                      "targets": quota}  # fmt: skip
         report.log(f"backfill: {quota}")
 
 
@@ -746,18 +758,19 @@ def quota_use(
 # --------------------------------------------------------------------------------------------
 
 
+def _row(name: str, value: float | None, goal: float | None, unit: str, low: bool = False):
+    if value is None:
+        return (name, "-", "-", "")
+    shown = f"{value:,.0f} {unit}" if value >= 10 else f"{value:,.2f} {unit}"
+    if goal is None:
+        return (name, shown, "", "")
+    met = value <= goal if low else value >= goal
+    return (name, shown, f"{'≤' if low else '≥'} {goal:,} {unit}", "met" if met else "missed")
+
+
 def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(measure, value, goal, verdict) for the table."""
-
-    def row(name: str, value: float | None, goal: float | None, unit: str, low: bool = False):
-        if value is None:
-            return (name, "-", "-", "")
-        shown = f"{value:,.0f} {unit}" if value >= 10 else f"{value:,.2f} {unit}"
-        if goal is None:
-            return (name, shown, "", "")
-        met = value <= goal if low else value >= goal
-        return (name, shown, f"{'≤' if low else '≥'} {goal:,} {unit}", "met" if met else "missed")
-
+    row = _row
     out = []
     if (capture := results.get("capture")) and (broker := results.get("broker")):
         out.append(
@@ -797,44 +810,53 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 low=True,
             )
         )
-    if snap := results.get("snapshot"):
-        n = f"{snap['rows']:,}"
-        out.append(
-            row(
-                f"snapshot of {n}: into topics",
-                snap["topics_per_s"],
-                GOALS["snapshot_topics_per_s"],
-                "rows/s",
-            )
-        )
-        out.append(
-            row("  through state", snap["state_per_s"], GOALS["snapshot_state_per_s"], "rows/s")
-        )
-        if snap["in_state"] < snap["rows"]:
-            out.append(row("  in state when the time limit ended it", snap["in_state"], None, ""))
-        for name, mib in snap["memory_mib"].items():
-            goal = GOALS["streams_rss_mib"] if name == "streams" else None
-            out.append(
-                row(f"  RSS with {snap['in_state']:,} in state: {name}", mib, goal, "MiB", low=True)
-            )
-        for target, use in snap["backfill"].items():
+    if results.get("snapshot"):
+        out += _snapshot_rows(results)
+    if backfill := results.get("backfill"):
+        n = f"{backfill['rows']:,}"
+        for target, use in backfill["targets"].items():
             out.append(
                 row(
-                    f"  backfill {target}: quota used",
+                    f"backfill of {n}, default quotas, {target}: quota used",
                     use["quota_used"] * 100,
                     GOALS["quota_used"] * 100,
                     "%",
                 )
             )
-            out.append(row(f"  backfill {target}: 429s", use["rate_limited"], 0, "", low=True))
-            out.append(
-                row(
-                    f"  backfill {target}: of the fastest the quota allows",
-                    use["of_fastest"] * 100,
-                    None,
-                    "%",
-                )
-            )
+            out.append(row(f"  {target}: 429s", use["rate_limited"], 0, "", low=True))
+            out.append(row(f"  {target}: records/s, of the fastest the quota allows",
+                           use["of_fastest"] * 100, None, "%"))  # fmt: skip
+    return out
+
+
+def _snapshot_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    row, out = _row, []
+    snap = results["snapshot"]
+    n = f"{snap['rows']:,}"
+    out.append(
+        row(
+            f"snapshot of {n}: into topics",
+            snap["topics_per_s"],
+            GOALS["snapshot_topics_per_s"],
+            "rows/s",
+        )
+    )
+    out.append(row("  through state", snap["state_per_s"], GOALS["snapshot_state_per_s"], "rows/s"))
+    if snap["in_state"] < snap["rows"]:
+        out.append(row("  in state when the time limit ended it", snap["in_state"], None, ""))
+    whole = snap["in_state"] >= snap["rows"]
+    for name, mib in snap["memory_mib"].items():
+        goal = GOALS["streams_rss_mib"] if name == "streams" and whole else None
+        label = f"  RSS with {snap['in_state']:,} in state: {name}"
+        out.append(row(label, mib, goal, "MiB", low=True))
+    small = results.get("backfill", {}).get("snapshot", {})
+    if not whole and small.get("memory_mib", {}).get("streams"):
+        # Linear through the two runs' worker sizes: what a million would take.
+        (n1, m1), (n2, m2) = ((small["in_state"], small["memory_mib"]["streams"]),
+                              (snap["in_state"], snap["memory_mib"]["streams"]))  # fmt: skip
+        projected = m2 + (snap["rows"] - n2) * (m2 - m1) / (n2 - n1)
+        out.append(row(f"  streams RSS projected for {snap['rows']:,}", projected,
+                       GOALS["streams_rss_mib"], "MiB", low=True))  # fmt: skip
     return out
 
 
@@ -873,7 +895,7 @@ def plot(document: dict[str, Any], path: Path) -> None:
         rates.set_ylabel("changes (records) per second")
         rates.set_title("Throughput, rate limits lifted")
         rates.legend()
-    if "latency" in results:
+    if "latency" in results and "cdf_ms" in results["latency"]:
         lat = results["latency"]
         values = lat["cdf_ms"]
         latency_ax.plot(values, [i / (len(values) - 1) for i in range(len(values))])
@@ -884,9 +906,22 @@ def plot(document: dict[str, Any], path: Path) -> None:
         latency_ax.set_ylabel("fraction of changes")
         latency_ax.set_title(f"Latency at {lat['rate_per_s']} changes/s")
         latency_ax.legend()
+    elif "latency" in results:  # only the percentiles were kept
+        lat = results["latency"]
+        marks = {**lat["latency_ms"], "after idle": lat["after_idle_ms"]}
+        marks.pop("mean", None)
+        latency_ax.bar(list(marks), [v / 1000 for v in marks.values()], color="#4c72b0")
+        latency_ax.set_yscale("log")
+        latency_ax.axhline(GOALS["p95_ms"] / 1000, color="orange", ls="--", label="p95 goal")
+        latency_ax.axhline(GOALS["p99_ms"] / 1000, color="red", ls="--", label="p99 goal")
+        latency_ax.set_ylabel("seconds, commit -> emulator receipt")
+        latency_ax.set_title(f"Latency at {lat['rate_per_s']} changes/s")
+        latency_ax.legend()
     if "snapshot" in results:
         snap = results["snapshot"]
         t = [p["t"] for p in snap["progress"]]
+        if not t:
+            snap_ax.set_axis_off()
         for key in ("topics", "state", *TARGETS):
             snap_ax.plot(t, [p[key] for p in snap["progress"]], label=key)
         snap_ax.set_xlabel("seconds since the stack started")
@@ -911,9 +946,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, for trying changes")
     parser.add_argument("--only", choices=("throughput", "snapshot"), help="one scenario")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument("--snapshot-rows", type=int, help="customers in the snapshot")
+    parser.add_argument("--state-limit", type=float, help="seconds to wait for the state")
+    parser.add_argument("--quota-window", type=float, help="seconds of backfill measured")
+    parser.add_argument("--render", action="store_true", help="redraw the table and plot")
     args = parser.parse_args(argv)
+    if args.render:
+        name = "pipeline-quick" if args.quick else "pipeline"
+        document = json.loads((args.out / f"{name}.json").read_text())
+        (args.out / f"{name}.md").write_text(markdown(document))
+        plot(document, args.out / f"{name}.png")
+        print(markdown(document))
+        return
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the stacks on the way out
-    report = Report(Sizes.quick() if args.quick else Sizes())
+    sizes = Sizes.quick() if args.quick else Sizes()
+    for name in ("snapshot_rows", "state_limit", "quota_window"):
+        if (value := getattr(args, name)) is not None:
+            attribute = name if name == "snapshot_rows" else f"{name}_seconds"
+            setattr(sizes, attribute, value)
+    report = Report(sizes)
     started, began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.monotonic()
     with tempfile.TemporaryDirectory(prefix="crmsync-bench-") as root:
         if args.only in (None, "throughput"):
@@ -932,6 +983,11 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     args.out.mkdir(parents=True, exist_ok=True)
     name = "pipeline-quick" if args.quick else "pipeline"
+    earlier = args.out / f"{name}.json"
+    if args.only and earlier.exists():  # one scenario again: keep the other's results
+        previous = json.loads(earlier.read_text())
+        document["results"] = {**previous["results"], **report.results}
+        document["conditions"] = {"earlier": previous["conditions"], **document["conditions"]}
     (args.out / f"{name}.json").write_text(json.dumps(document, indent=1) + "\n")
     (args.out / f"{name}.md").write_text(markdown(document))
     plot(document, args.out / f"{name}.png")
