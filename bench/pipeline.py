@@ -892,7 +892,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
         }
         rates.bar(list(bars), list(bars.values()), color=["#999", "#999", "#4c72b0", "#dd8452"])
         rates.axhline(GOALS["end_to_end_per_s"], color="red", ls="--", label="goal, end to end")
-        rates.set_ylabel("changes (records) per second")
+        rates.set_yscale("log")
+        rates.set_ylabel("changes (records) per second, log scale")
         rates.set_title("Throughput, rate limits lifted")
         rates.legend()
     if "latency" in results and "cdf_ms" in results["latency"]:
@@ -919,20 +920,21 @@ def plot(document: dict[str, Any], path: Path) -> None:
         latency_ax.legend()
     if "snapshot" in results:
         snap = results["snapshot"]
-        t = [p["t"] for p in snap["progress"]]
-        if not t:
-            snap_ax.set_axis_off()
+        progress, rows = snap["progress"], snap["rows"]
+        if not progress and results.get("backfill", {}).get("progress"):
+            progress, rows = results["backfill"]["progress"], results["backfill"]["rows"]
+        t = [p["t"] for p in progress]
         for key in ("topics", "state", *TARGETS):
-            snap_ax.plot(t, [p[key] for p in snap["progress"]], label=key)
+            snap_ax.plot(t, [max(p[key], 0) for p in progress], label=key)
         snap_ax.set_xlabel("seconds since the stack started")
         snap_ax.set_ylabel("customers")
-        snap_ax.set_title(f"Snapshot of {snap['rows']:,} customers")
+        snap_ax.set_title(f"Snapshot of {rows:,} customers, stage by stage")
         snap_ax.legend()
         memory = snap["memory_mib"]
         memory_ax.barh(list(memory), list(memory.values()))
         memory_ax.axvline(GOALS["streams_rss_mib"], color="red", ls="--", label="streams goal")
         memory_ax.set_xlabel("MiB resident (RSS)")
-        memory_ax.set_title(f"Memory with {snap['rows']:,} customers in state")
+        memory_ax.set_title(f"Memory with {snap['in_state']:,} customers in state")
         memory_ax.legend()
     m = document["machine"]
     fig.suptitle(f"crmsync embedded stack, {m['cores']} cores {m['cpu']}, commit {m['commit']}")
