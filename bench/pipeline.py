@@ -321,28 +321,26 @@ def processes(stack: Stack) -> dict[str, list[psutil.Process]]:
     return found
 
 
-def memory_mib(stack: Stack) -> dict[str, float]:  # proportional: shared pages split
-    """Proportional set size per component (shared pages split between their users)."""
-    sizes = {}
-    for name, procs in processes(stack).items():
-        total = 0
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
-                total += proc.memory_full_info().pss
-        sizes[name] = round(total / 2**20, 1)
-    return sizes
-
-
-def cpu_seconds(stack: Stack) -> dict[str, float]:
-    used = {}
+def per_component(stack: Stack, measure: Callable[[psutil.Process], float]) -> dict[str, float]:
+    """`measure` summed over each component's processes (those gone meanwhile count 0)."""
+    totals = {}
     for name, procs in processes(stack).items():
         total = 0.0
         for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                times = proc.cpu_times()
-                total += times.user + times.system
-        used[name] = total
-    return used
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                total += measure(proc)
+        totals[name] = total
+    return totals
+
+
+def memory_mib(stack: Stack) -> dict[str, float]:
+    """Proportional set size per component (shared pages split between their users)."""
+    pss = per_component(stack, lambda proc: proc.memory_full_info().pss)
+    return {name: round(size / 2**20, 1) for name, size in pss.items()}
+
+
+def cpu_seconds(stack: Stack) -> dict[str, float]:
+    return per_component(stack, lambda proc: sum(proc.cpu_times()[:2]))
 
 
 def cpu_share(
@@ -704,14 +702,8 @@ def snapshot(root: Path, report: Report) -> None:
 
 def rss_mib(stack: Stack) -> dict[str, float]:
     """Resident size per component (cheap enough to sample every second)."""
-    sizes = {}
-    for name, procs in processes(stack).items():
-        total = 0
-        for proc in procs:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                total += proc.memory_info().rss
-        sizes[name] = round(total / 2**20)
-    return sizes
+    rss = per_component(stack, lambda proc: proc.memory_info().rss)
+    return {name: round(size / 2**20) for name, size in rss.items()}
 
 
 def emulator_stats(stack: Stack) -> dict[str, dict[str, Any]]:
