@@ -59,6 +59,7 @@ from crmsync.logs import logging_config
 from crmsync.rules import load_rules
 from crmsync.settings import load_settings
 from crmsync.writeback import write_back as write_rows_back
+from streams.state import pack, unpack
 
 __all__ = ["app"]
 
@@ -111,9 +112,7 @@ commands = {t: _topic(topics.commands(t)) for t in rules.mappings}
 writebacks = _topic(topics.commands("canonical"))
 changes = _topic(topics.changes)
 
-# Keys use the app's default JSON codec.
-# Values are CustomerState as JSON bytes: read and written by pydantic's JSON parser at once,
-# and a tenth of the memory a dict of them would take with a million customers.
+# Keys use the app's default JSON codec; values are CustomerState packed (streams.state).
 customers = app.Table(STATE_TABLE, default=None, partitions=settings.partitions, value_type=bytes)
 
 EVENTS = Counter("crmsync_streams_events", "CDC records consumed", ["op"])
@@ -193,15 +192,29 @@ def parse(message: Message) -> CustomerChange | InboundChange | Resolution | Rel
     return change  # None: a tombstone; the delete before it did the work
 
 
-def decide(message: Message, states: dict[str, bytes]) -> tuple[str, Decision] | None:
+class BatchStates:
+    """The states one ingest batch works on: each customer's is read from the table once,
+    and the batch's newest kept here until its effects are taken (`take_effects`)."""
+
+    def __init__(self) -> None:
+        self.stored: dict[str, CustomerState | None] = {}
+        self.newest: dict[str, CustomerState | None] = {}
+
+    def get(self, customer_id: str) -> CustomerState | None:
+        if customer_id not in self.newest:
+            packed = customers.get(customer_id)
+            state = unpack(packed) if packed else None
+            self.stored[customer_id] = self.newest[customer_id] = state
+        return self.newest[customer_id]
+
+
+def decide(message: Message, states: BatchStates) -> tuple[str, Decision] | None:
     """Parse one record and fold it into its customer's state (None: nothing to do). The
-    state is this batch's newest (`states`), else the table's; the new one is returned, not
-    stored: see `take_effects` for when it may be."""
+    new state is kept in `states`, not stored: see `take_effects` for when it may be."""
     change = parse(message)
     if change is None:
         return None
-    raw_state = states.get(change.customer_id) or customers.get(change.customer_id)
-    state = CustomerState.model_validate_json(raw_state) if raw_state else None
+    state = states.get(change.customer_id)
     decision = apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
     if decision is None:
         INBOUND.labels(change.source.system, "unknown customer").inc()
@@ -213,8 +226,7 @@ def decide(message: Message, states: dict[str, bytes]) -> tuple[str, Decision] |
 class Decided:
     message: Message
     customer_id: str
-    decision: Decision
-    state: bytes  # the new state, serialised once
+    decision: Decision  # its state is the customer's after this record
 
 
 @app.agent(changes_in)
@@ -222,7 +234,7 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
     """Decide a batch of records in order, then take all their effects at once: one wait for
     the broker's acknowledgements per batch instead of one per record."""
     async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
-        states: dict[str, bytes] = {}
+        states = BatchStates()
         decided: list[Decided] = []
         for event in batch:
             message = event.message
@@ -242,16 +254,15 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             if decision.invalid:  # judged without them; kept with the reasons
                 log.warning("dead-lettered values of %s@%s", message.topic, message.offset)
                 await dead_letter(message, "; ".join(decision.invalid))
-            state = decision.state.model_dump_json().encode()
-            states[customer_id] = state
-            decided.append(Decided(message, customer_id, decision, state))
+            states.newest[customer_id] = decision.state
+            decided.append(Decided(message, customer_id, decision))
         try:
-            await take_effects(decided)
+            await take_effects(decided, states)
         except Exception:  # a bug must not stop the stream: one by one, park what fails
             log.exception("effects of a batch failed; taking them one by one")
             for one in decided:
                 try:
-                    await take_effects([one])
+                    await take_effects([one], states)
                 except Exception as exc:
                     m = one.message
                     log.exception("effects of %s@%s failed; dead-lettered", m.topic, m.offset)
@@ -262,7 +273,7 @@ def _send(topic: faust.TopicT, key: str, model: Any) -> Awaitable[Any]:
     return topic.send(key=key.encode(), value=model.model_dump_json().encode(), force=True)
 
 
-async def take_effects(decided: list[Decided]) -> None:
+async def take_effects(decided: list[Decided], states: BatchStates) -> None:
     """Send the decisions' commands, write-backs and change events and record their refused
     attempts, all acknowledged, and only then store the new states. The state records what
     was commanded and its changelog is written at once, while sends inside an agent would
@@ -282,7 +293,7 @@ async def take_effects(decided: list[Decided]) -> None:
     if attempts:
         await ingest_db.run(partial(record_attempts, attempts=attempts))
     await asyncio.gather(*sent)
-    await store_states(decided)
+    await store_states(decided, states)
     for one in decided:
         for attempt in one.decision.attempts:
             REFUSED.labels(attempt.system, attempt.outcome).inc()
@@ -292,20 +303,26 @@ async def take_effects(decided: list[Decided]) -> None:
             CHANGES.inc()
 
 
-async def store_states(decided: list[Decided]) -> None:
-    """Each customer's newest state into the table and its changelog, on the partition of the
-    records that carried it. Each partition's last write goes out alone, after the rest are
-    acknowledged, so that the changelog's end offsets (which recovery reads up to) are exact
-    on Tansu (crmsync.broker.tail_last)."""
-    newest = {one.customer_id: (one.message.partition, one.state) for one in decided}
-    placed = [(customers.changelog_topic.get_topic_name(), partition, (cid, partition, state))
-              for cid, (partition, state) in newest.items()]  # fmt: skip
+async def store_states(decided: list[Decided], states: BatchStates) -> None:
+    """Each customer's newest state, where the batch changed it (an echo dropped changes
+    nothing), into the table and its changelog, on the partition of the records that carried
+    it. Each partition's last write goes out alone, after the rest are acknowledged, so that
+    the changelog's end offsets (which recovery reads up to) are exact on Tansu
+    (crmsync.broker.tail_last)."""
+    newest = {one.customer_id: (one.message.partition, one.decision.state) for one in decided}
+    changed = {cid: (partition, state) for cid, (partition, state) in newest.items()
+               if state != states.stored[cid]}  # fmt: skip
+    changelog = customers.changelog_topic.get_topic_name()
+    placed = [(changelog, partition, (cid, partition, pack(state)))
+              for cid, (partition, state) in changed.items()]  # fmt: skip
     for part in tail_last(placed):
         futures = []
-        for customer_id, partition, state in part:
-            customers.data[customer_id] = state
-            futures.append(customers.send_changelog(partition, customer_id, state))
+        for customer_id, partition, packed in part:
+            customers.data[customer_id] = packed
+            futures.append(customers.send_changelog(partition, customer_id, packed))
         await asyncio.gather(*futures)
+    for customer_id, (_, state) in changed.items():
+        states.stored[customer_id] = state
 
 
 async def customer_of(system: str, external_id: str) -> str | None:
