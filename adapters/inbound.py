@@ -10,7 +10,9 @@ consumer, so every API request it makes goes through the same breaker, throttle 
   lost. Exact replays get 409, redelivered event ids store nothing new;
 - the **drain** turns unprocessed inbox rows into staging rows (fetching the current objects
   where the event carries none) and marks them processed; after a crash it picks up what was
-  left;
+  left. Where the vendor says which write caused an event (Stripe), the updates we made are
+  left out: they would only travel the whole pipeline back to be dropped as echoes. The
+  staging mirror then shows our values as of the target's next edit;
 - the **poller**, the backstop for missed webhooks, reads each vendor's incremental API every
   `poll_interval_seconds` from a durable cursor (`sync.inbound_cursors`), committed with
   what the page staged.
@@ -41,7 +43,7 @@ from pydantic import SecretStr
 from adapters import hubspot, zendesk
 from adapters.hubspot import HubSpotClient
 from adapters.ratelimit import RequestWindow, Throttle
-from adapters.stripe import StripeClient
+from adapters.stripe import StripeClient, caused_by_us
 from adapters.target import TargetClient
 from adapters.webhooks import (
     PARSERS,
@@ -89,6 +91,9 @@ EVENTS_RECEIVED = Counter(
     ["target", "source"],
 )  # fmt: skip
 POLLED = Counter("crmsync_inbound_polled_objects", "Objects and events polled", ["target"])
+OWN_WRITES = Counter(
+    "crmsync_inbound_own_writes", "Events of our own writes, recognised and not staged", ["target"]
+)
 STAGED = Counter("crmsync_inbound_staging_writes", "Staging rows inserted or changed", ["target"])
 INBOUND_DEAD = Counter("crmsync_inbound_dead_letters", "Inbox events dead-lettered", ["target"])
 RECEIVER_UP = Gauge("crmsync_inbound_receiver_up", "1 while the receiver listens", ["target"])
@@ -164,6 +169,10 @@ def stripe_staged(event: dict[str, Any]) -> StagedObject:
     customer = event["data"]["object"]
     created = datetime.fromtimestamp(event["created"], UTC)
     return StagedObject(customer["id"], customer, created, event["type"] == "customer.deleted")
+
+
+def _our_update(event: dict[str, Any]) -> bool:
+    return event["type"] == "customer.updated" and caused_by_us(event)
 
 
 def zendesk_staged(user: dict[str, Any]) -> StagedObject:
@@ -471,7 +480,13 @@ class StripeInbound:
         self._client = client
 
     async def resolve(self, rows: list[InboxRow]) -> list[Staged]:
-        return [stripe_staged(row.payload) for row in rows if row.object_id is not None]
+        """The updates we made are not staged: they would only come back as echoes, through
+        staging, the capture and the streams, to be dropped there. Our creates are: the
+        first copy of a record is what tells its own defaults from the values we sent."""
+        events = [row.payload for row in rows if row.object_id is not None]
+        staged = [event for event in events if not _our_update(event)]
+        OWN_WRITES.labels(self.target).inc(len(events) - len(staged))
+        return [stripe_staged(event) for event in staged]
 
     def start_poll(self, cursor: str | None) -> _StripePoll:
         if cursor is None:

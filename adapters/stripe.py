@@ -6,7 +6,10 @@ whose link was lost can be found again by search. Creates carry an idempotency k
 from the canonical id alone, so a create replayed after a crash (the request succeeded, the
 link was never recorded) returns the same Stripe customer instead of making a second one.
 
-The inbound side (adapters.inbound) polls ``GET /v1/events`` through the same client.
+Every write carries an idempotency key starting ``crmsync-``, and Stripe names that key on the
+events the write causes (``request.idempotency_key``): that is how the inbound side
+(adapters.inbound, which also polls ``GET /v1/events`` through this client) tells our own
+writes coming back from edits made in Stripe (`caused_by_us`).
 """
 
 from __future__ import annotations
@@ -20,12 +23,13 @@ from adapters.http import retry_after, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
 from crmsync.errors import PermanentError, RateLimited, TransientError
 
-__all__ = ["EVENTS_PAGE_LIMIT", "StripeClient", "encode_properties"]
+__all__ = ["EVENTS_PAGE_LIMIT", "StripeClient", "caused_by_us", "encode_properties"]
 
 #: Pinned so a change of the account's default API version cannot change what we parse.
 STRIPE_VERSION = "2026-10-28.endive"
 ID_METADATA_KEY = "crmsync_id"
 EVENTS_PAGE_LIMIT = 100  # Stripe's maximum `limit` on list endpoints
+OWN_KEY_PREFIX = "crmsync-"  # of the Idempotency-Key on every write we make
 _CUSTOMERS = "/v1/customers"
 _EVENTS = "/v1/events"
 
@@ -159,7 +163,7 @@ class StripeClient:
             if item.external_id is None:
                 return await self._create(item, fields, replacing=item.archived_external_id)
             path = f"{_CUSTOMERS}/{item.external_id}"
-            response = await self._request("POST", path, fields, item.idempotency_key)
+            response = await self._request("POST", path, fields, _update_key(item))
             if _is_missing(response):  # deleted in Stripe: give the customer a new one
                 await self.pace()
                 return await self._create(item, fields, replacing=item.external_id)
@@ -173,7 +177,7 @@ class StripeClient:
     ) -> Outcome:
         # Stable per customer (and per deleted predecessor), never per attempt: a create that
         # succeeded but whose link was lost replays into the same Stripe customer.
-        key = f"crmsync-create-{item.customer_id}"
+        key = f"{OWN_KEY_PREFIX}create-{item.customer_id}"
         if replacing is not None:
             key += f"-after-{replacing}"
         response = await self._request("POST", _CUSTOMERS, fields, key)
@@ -184,7 +188,7 @@ class StripeClient:
             existing = await self._find(item.customer_id)
             path = f"{_CUSTOMERS}/{existing}"
             await self.pace()
-            response = await self._request("POST", path, fields, item.idempotency_key)
+            response = await self._request("POST", path, fields, _update_key(item))
         raise_for_status(response)
         return Outcome(item.customer_id, response.json()["id"])
 
@@ -211,6 +215,17 @@ class StripeClient:
         if method == "POST":
             return await send(self._http, "POST", path, data=dict(fields or []), headers=headers)
         return await send(self._http, method, path, params=fields, headers=headers)
+
+
+def _update_key(item: Upsert) -> str:
+    return f"{OWN_KEY_PREFIX}{item.idempotency_key}"
+
+
+def caused_by_us(event: Mapping[str, Any]) -> bool:
+    """Whether a Stripe event records one of our own writes (by its request's idempotency
+    key) rather than an edit made in Stripe."""
+    key = (event.get("request") or {}).get("idempotency_key") or ""
+    return str(key).startswith(OWN_KEY_PREFIX)
 
 
 def _is_missing(response: httpx.Response) -> bool:

@@ -37,6 +37,7 @@ from adapters.clients import make_client
 from adapters.inbound import InboundRuntime, build_inbound
 from adapters.ratelimit import RequestWindow, Throttle
 from adapters.retry import RetryPolicy
+from adapters.target import Upsert
 from adapters.worker import TargetAdapter, throttle_for
 from canonical_db import apply_migrations
 from crmsync.broker import create_topics, start_tansu, wait_for_broker
@@ -408,6 +409,52 @@ def test_each_targets_edits_reach_staging_by_webhook_as_its_api_returns_them(
         ) == [(True, None)]
         assert all(processed for *_, processed in world.inbox(target))
         assert {source for _, _, source, _ in world.inbox(target)} == {"webhook"}
+
+
+def test_stripe_events_of_our_own_updates_are_not_staged_but_edits_made_there_are(
+    world: World,
+) -> None:
+    """Stripe names the idempotency key of the request behind each event: the events of our
+    own updates (the adapter's client, its keys) stop at the inbox; our create (the record's
+    first copy) and the edits made in Stripe go on to staging."""
+    api = world.api("stripe")
+    client = make_client(world.settings, "billing", load_plan(world.settings, "billing"))
+    email = f"ours.{uuid.uuid4().hex[:6]}@example.com"
+
+    async def our_write(external_id: str | None, name: str, key: str) -> str:
+        upsert = Upsert("cust-ours", {"email": email, "name": name}, external_id, key)
+        (outcome,) = await client.upsert([upsert])
+        return str(outcome.external_id)
+
+    def own_writes() -> float:
+        sample = {"target": "billing"}
+        return REGISTRY.get_sample_value("crmsync_inbound_own_writes_total", sample) or 0.0
+
+    def drained(events: int) -> bool:
+        inbox = world.inbox("billing")
+        return len(inbox) == events and all(processed for *_, processed in inbox)
+
+    own_before = own_writes()
+    with world.inbound("billing", poll=False):
+        subscribe_webhooks(world.settings)
+        loop = asyncio.new_event_loop()
+        try:
+            stripe_id = loop.run_until_complete(our_write(None, "Ours", "k-1"))
+            row = wait_until(lambda: world.staged("billing", stripe_id), what="our create")
+            assert row["payload"]["name"] == "Ours"
+
+            loop.run_until_complete(our_write(stripe_id, "Ours again", "k-2"))
+            wait_until(lambda: drained(2), timeout=20, what="our update drained")
+            assert world.staged("billing", stripe_id)["payload"]["name"] == "Ours"
+            assert own_writes() - own_before == 1
+
+            api.update(stripe_id, "Theirs")  # a person, in Stripe
+            wait_until(lambda: world.staged("billing", stripe_id)["payload"]["name"] == "Theirs",
+                       what="their edit")  # fmt: skip
+            assert own_writes() - own_before == 1
+        finally:
+            loop.run_until_complete(client.aclose())
+            loop.close()
 
 
 @pytest.mark.parametrize("vendor", sorted(VENDORS))
