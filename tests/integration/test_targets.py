@@ -122,27 +122,28 @@ def test_5000_inserts_within_real_default_quotas_arrive_once_without_a_single_42
     for name, target in targets.items():
         wait_until(created(target, 5000), timeout=420, interval=1, what=f"5,000 in {name}")
         took[name] = time.monotonic() - started
-    for name, target in targets.items():
-        stats = target.stats()
-        assert stats["creates"] == 5000, (name, stats)  # no duplicate anywhere
-        assert stats["rate_limited"] == 0, (name, stats)
-        assert len(target.records()) == 5000
-    assert stack.sql("select count(*) from sync.dead_letters") == [(0,)]
     report = collect_status(stack.settings)["targets"]
+    stats = {name: target.stats() for name, target in targets.items()}
     for name in targets:
+        assert stats[name]["creates"] == 5000, (name, stats[name])  # no duplicate anywhere
+        assert stats[name]["rate_limited"] == 0, (name, stats[name])
         assert report[name]["rate_limited"] == 0
         assert report[name]["links"] == 5000
+    assert stack.sql("select count(*) from sync.dead_letters") == [(0,)]
+    # Last: reading every record through the API spends the account's quota, which the
+    # adapters (still draining the creates' webhooks) share with this test.
+    for target in targets.values():
+        assert len(target.records()) == 5000
     # What each adapter achieved against its quota (for the record; `-s` shows it).
     spans = stack.sql(
         "select system, extract(epoch from max(pushed_at) - min(pushed_at))"
         " from sync.identity_links group by system"
     )
     for name, span in sorted(spans):
-        stats = targets[name].stats()
         print(
             f"\n{name}: 5,000 in {took[name]:.1f}s after the first insert; delivering for"
-            f" {span:.1f}s: {5000 / span:,.0f} records/s, {stats['requests'] / span:.1f}"
-            f" requests/s ({stats['requests']} requests, {stats['rate_limited']} 429s,"
+            f" {span:.1f}s: {5000 / span:,.0f} records/s, {stats[name]['requests'] / span:.1f}"
+            f" requests/s ({stats[name]['requests']} requests, 0 429s,"
             f" quota {report[name]['quota']})"
         )
 
