@@ -1,6 +1,6 @@
 """How a customer's state is stored in the state table and its changelog: CustomerState as
 JSON, compressed by zstd with a dictionary of what every state holds (field names, targets,
-systems), about a sixth of the JSON. With a million customers in memory that is the
+systems), about a quarter of the JSON. With a million customers in memory that is the
 difference between about 2 GiB and a few hundred MiB.
 
 The dictionary (`customer-state-v1.zdict`, a state whose values were blanked) is part of the
