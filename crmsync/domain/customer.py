@@ -1,7 +1,9 @@
 """The golden record: a canonical customer row, validated and normalised.
 
 Apps write free text; this is where it becomes comparable: emails lower-cased and checked,
-phones in E.164, countries as ISO 3166-1 alpha-2, enums from their fixed sets.
+phones in E.164, countries as ISO 3166-1 alpha-2, enums from their fixed sets, free text
+(names, company, address) without terminal escapes or control characters, birth dates only
+when a living customer can have them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from pydantic import BaseModel, ConfigDict
 
 from crmsync.errors import ValidationFailed
 
-__all__ = ["ENUM_VALUES", "SYNCED_FIELDS", "GoldenRecord", "normalise_customer", "normalise_value"]
+__all__ = [
+    "EARLIEST_BIRTH_DATE",
+    "ENUM_VALUES",
+    "SYNCED_FIELDS",
+    "GoldenRecord",
+    "normalise_customer",
+    "normalise_value",
+]
 
 LifecycleStage = Literal["lead", "trial", "customer", "churned"]
 PlanTier = Literal["free", "pro", "enterprise"]
@@ -34,6 +43,21 @@ ENUM_VALUES: dict[str, frozenset[str]] = {
 _COUNTRY_ALIASES = {"UK": "GB", "GREAT BRITAIN": "GB", "ENGLAND": "GB", "EL": "GR"}
 _LANGUAGE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
+# Terminal control sequences (ECMA-48), each removed whole so that no "[31m" is left behind:
+# CSI (ESC [ or 0x9B, parameters, intermediates, a final byte: colours, cursor moves), the
+# string commands up to BEL or ST (OSC window titles and links, DCS, SOS, PM, APC), and the
+# two-byte escapes.
+_ESCAPES = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+)
+# C0 and C1 control characters and DEL (Unicode's Cc); the ones that are whitespace (tab,
+# newline, the information separators, NEL) become a space.
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+#: No living customer was born before this (the oldest person on record was born in 1875 and
+#: died in 1997): an earlier birth date is a typo or a placeholder such as 1800-01-01.
+EARLIEST_BIRTH_DATE = dt.date(1900, 1, 1)
 # The IANA names tzdata ships (not its folders, nor files such as "localtime" or "Factory").
 _TIME_ZONES = frozenset(available_timezones()) - {"localtime", "posixrules", "Factory"}
 
@@ -77,6 +101,17 @@ def _text(value: Any) -> str | None:
         return None
     text = _SPACES.sub(" ", str(value)).strip()
     return text or None
+
+
+def _free_text(value: Any) -> str | None:
+    """Names, company and address as people read them: escape sequences and control
+    characters pasted from a terminal or a spreadsheet are stripped, not refused (the text
+    around them is what the app meant), then whitespace is collapsed."""
+    if value is None:
+        return None
+    text = _ESCAPES.sub("", str(value))
+    text = _CONTROLS.sub(lambda m: " " if m.group().isspace() else "", text)
+    return _text(text)
 
 
 def _email(field: str, value: Any) -> str | None:
@@ -136,17 +171,29 @@ def _enum(field: str, value: Any) -> str | None:
 
 
 def _birth_date(value: Any) -> str | None:
-    """Debezium sends a `date` as days since the epoch (Connect's Date type) or ISO text."""
+    """Debezium sends a `date` as days since the epoch (Connect's Date type) or ISO text. A
+    date in the future (today anywhere on Earth, UTC+14, is not) or before 1900 is refused."""
     if value is None or value == "":
         return None
     try:
         if isinstance(value, bool):
             raise ValueError("a boolean is not a date")
         if isinstance(value, int):
-            return (dt.date(1970, 1, 1) + dt.timedelta(days=value)).isoformat()
-        return dt.date.fromisoformat(str(value)).isoformat()
+            date = dt.date(1970, 1, 1) + dt.timedelta(days=value)
+        else:
+            date = dt.date.fromisoformat(str(value))
     except (ValueError, OverflowError):
         raise ValidationFailed("birth_date", f"not a date: {value!r}") from None
+    latest = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=14)).date()
+    if date > latest:
+        raise ValidationFailed("birth_date", f"{date.isoformat()} is in the future")
+    if date < EARLIEST_BIRTH_DATE:
+        raise ValidationFailed(
+            "birth_date",
+            f"{date.isoformat()} is before {EARLIEST_BIRTH_DATE.year}: not a"
+            " living customer's birth date",
+        )
+    return date.isoformat()
 
 
 def _timezone(value: Any) -> str | None:
@@ -203,7 +250,7 @@ def normalise_value(field: str, value: Any, country: str | None = None) -> Any:
     customer's `country`), or ValidationFailed."""
     if field == "phone":
         return _phone(value, country)
-    return _NORMALISERS.get(field, _text)(value)
+    return _NORMALISERS.get(field, _free_text)(value)
 
 
 def normalise_customer(row: dict[str, Any]) -> GoldenRecord:
