@@ -65,6 +65,7 @@ MAX_FILTER_GROUPS = 5
 MAX_FILTERS_PER_GROUP = 6
 MAX_FILTERS = 18
 MAX_WEBHOOK_EVENTS = 100  # HubSpot sends at most 100 events per request
+MAX_STRING_LENGTH = 65_536  # a string property's value, as the properties guide says
 OBJECT_ID = "hs_object_id"
 #: Identify the emulated portal and private app in rate-limit groups and webhook events.
 PORTAL_ID = 20000001
@@ -464,6 +465,10 @@ class ObjectStore:
             if name in self.kind.system_properties:
                 message = f'"{name}" is a read only property; its value cannot be set.'
                 raise InvalidPropertyValue(name, value, "READ_ONLY_VALUE", message)
+            if isinstance(value, str) and len(value) > MAX_STRING_LENGTH:
+                # The code and wording are the emulator's: HubSpot documents the limit only.
+                message = f"Property values can be at most {MAX_STRING_LENGTH:,} characters"
+                raise InvalidPropertyValue(name, value[:100], "INVALID_STRING_LENGTH", message)
             if self.kind is CONTACTS and name == "email" and value and not _EMAIL.fullmatch(value):
                 message = f"Email address {value} is invalid"
                 raise InvalidPropertyValue(name, value, "INVALID_EMAIL", message)

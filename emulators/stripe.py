@@ -61,6 +61,9 @@ METADATA_MAX_KEYS = 50
 METADATA_KEY_MAX_LENGTH = 40
 METADATA_VALUE_MAX_LENGTH = 500
 EMAIL_MAX_LENGTH = 512
+NAME_MAX_LENGTH = 256
+PHONE_MAX_LENGTH = 20
+STRING_MAX_LENGTH = 5000  # the OpenAPI description's maxLength for the other strings
 DOCS = "https://stripe.com/docs/error-codes/"
 RATE_LIMIT_MESSAGES = {
     "live": (
@@ -362,7 +365,7 @@ def _not_emulated(value: Any, param: str) -> Any:
     raise _invalid(f"The Stripe emulator does not implement the `{param}` parameter.", param)
 
 
-_ADDRESS = {name: _string(200) for name in ADDRESS_FIELDS}
+_ADDRESS = {name: _string(STRING_MAX_LENGTH) for name in ADDRESS_FIELDS}
 _CUSTOMER_WRITE: dict[str, Check] = {
     "address": _hash(_ADDRESS, emptyable=True),
     "balance": _integer,
@@ -392,9 +395,9 @@ _CUSTOMER_WRITE: dict[str, Check] = {
         }
     ),
     "metadata": _metadata,
-    "name": _string(256),
+    "name": _string(NAME_MAX_LENGTH),
     "next_invoice_sequence": _integer,
-    "phone": _string(20),
+    "phone": _string(PHONE_MAX_LENGTH),
     "preferred_locales": _array(_string()),
     "shipping": _hash(
         {

@@ -81,6 +81,7 @@ PLAN_LIMITS: dict[str, int] = {
 MAX_BULK = 100  # users per create_or_update_many / update_many / destroy_many / show_many
 MAX_PAGE_SIZE = 100
 MAX_EXPORT_PAGE = 1000
+NAME_MAX_LENGTH = 255  # not in the reference; Zendesk refuses longer user names
 FIRST_USER_ID = 1_500_000_000_001
 FIRST_ORGANIZATION_ID = 1_600_000_000_001
 EVENT_VERSION = "2022-11-06"
@@ -240,6 +241,9 @@ def _set_user_name(directory: Directory, user: dict[str, Any], value: Any, p: Pr
     name = _text(value).strip()
     if not name:
         p.add("name", "Name: is too short (minimum is 1 characters)")
+        return
+    if len(name) > NAME_MAX_LENGTH:
+        p.add("name", f"Name: is too long (maximum is {NAME_MAX_LENGTH} characters)")
         return
     user["name"] = name
 
