@@ -3,7 +3,8 @@
 Commands normally carry only what changed. When the target holds nothing for a customer
 (its create was dead-lettered, or it is being replayed), the adapter and `crmsync dlq replay`
 need the full property set instead: the canonical row, normalised and mapped exactly as the
-pipeline does it, so the hash matches what the pipeline computes for the same row.
+pipeline does it, so the hash matches what the pipeline computes for the same row; a row the
+ingest policy refuses (some target cannot take it) is refused here too.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ async def desired_states(
             )
             continue
         try:
-            record = normalise_customer(row)
+            record = normalise_customer(row, rules.ingest)
         except ValidationFailed as exc:
             found[customer_id] = exc
             continue

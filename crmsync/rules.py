@@ -1,16 +1,19 @@
-"""Load and cross-check the ownership matrix and the target mappings at start-up."""
+"""Load and cross-check the ownership matrix, the target mappings and the targets' published
+limits at start-up."""
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pydantic import ValidationError
 
+from crmsync.domain.limits import IngestPolicy, TargetLimits
 from crmsync.domain.mapping import TargetMapping
 from crmsync.domain.ownership import TARGETS, OwnershipMatrix
 from crmsync.errors import ConfigError
+from crmsync.targets import TARGETS_FILE, load_vendors
 
 __all__ = ["SyncRules", "load_rules"]
 
@@ -23,6 +26,8 @@ VENDORS = {"crm": ("hubspot", "salesforce"), "billing": ("stripe",), "support": 
 class SyncRules:
     ownership: OwnershipMatrix
     mappings: dict[str, TargetMapping]  # per target, for the vendor chosen for it
+    #: What every chosen target can take: a row one of them cannot take is refused at ingest.
+    ingest: IngestPolicy = field(default_factory=IngestPolicy)
 
     def synced_fields(self, target: str) -> frozenset[str]:
         """Fields that flow to `target` and that its mapping knows how to write."""
@@ -41,10 +46,14 @@ def _read(path: Path) -> dict[str, object]:
 
 
 def load_rules(
-    ownership_file: Path, mapping_file: Path, vendors: dict[str, str] | None = None
+    ownership_file: Path,
+    mapping_file: Path,
+    vendors: dict[str, str] | None = None,
+    targets_file: Path | None = TARGETS_FILE,
 ) -> SyncRules:
-    """Load both files; every vendor's mapping is validated, `vendors` picks the one used per
-    target (default: the first listed in VENDORS)."""
+    """Load the files; every vendor's mapping is validated, `vendors` picks the one used per
+    target (default: the first listed in VENDORS). The chosen vendors' limits in
+    `targets_file` make the ingest policy (None: no limits)."""
     try:
         ownership = OwnershipMatrix.model_validate(_read(ownership_file))
     except ValidationError as exc:
@@ -80,4 +89,35 @@ def load_rules(
         raise ConfigError(
             f"{mapping_file}: no mapping for " + ", ".join(f"[{t}.{chosen[t]}]" for t in missing)
         )
-    return SyncRules(ownership, mappings)
+    rules = SyncRules(ownership, mappings)
+    if targets_file is None:
+        return rules
+    return SyncRules(ownership, mappings, _ingest_policy(rules, chosen, targets_file))
+
+
+def _ingest_policy(rules: SyncRules, chosen: dict[str, str], targets_file: Path) -> IngestPolicy:
+    """Each chosen vendor's published limits over the mapping used for its target. A property
+    the vendor requires must be written by that mapping, or the target could take no one."""
+    published = load_vendors(targets_file)
+    targets = []
+    for target, mapping in rules.mappings.items():
+        vendor = chosen[target]
+        if vendor not in published:
+            raise ConfigError(f"{targets_file}: no [{vendor}] table for {target}")
+        limits = TargetLimits(
+            target=target,
+            vendor=vendor,
+            mapping=mapping,
+            fields=rules.synced_fields(target),
+            properties=published[vendor].properties,
+            text_max_length=published[vendor].text_max_length,
+        )
+        required = {p for p, limit in limits.properties.items() if limit.required}
+        unwritten = sorted(p for p in required if not set(limits.sources_of(p)) & limits.fields)
+        if unwritten:
+            raise ConfigError(
+                f"{targets_file}: [{vendor}] requires {', '.join(unwritten)}, which no field"
+                f" synced to {target} is mapped to ([{target}.{vendor}] in the mapping)"
+            )
+        targets.append(limits)
+    return IngestPolicy(tuple(targets))

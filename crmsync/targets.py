@@ -1,4 +1,6 @@
-"""Each target's vendor plan (config/targets.toml): its quota, batch limit and concurrency."""
+"""Each target's vendor (config/targets.toml): its plan's quota, batch limit and concurrency,
+and the published limits on the properties crmsync writes (checked at ingest, see
+crmsync.domain.limits)."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from crmsync.domain.limits import PropertyLimit
 from crmsync.errors import ConfigError
 from crmsync.settings import PROJECT_ROOT, Settings
 
-__all__ = ["TARGETS_FILE", "TargetPlan", "load_plan"]
+__all__ = ["TARGETS_FILE", "TargetPlan", "Vendor", "load_plan", "load_vendors"]
 
 TARGETS_FILE = PROJECT_ROOT / "config" / "targets.toml"
 DAY = 86_400.0
@@ -37,6 +40,10 @@ class Vendor(BaseModel):
     max_batch: int = Field(gt=0)
     concurrency: int = Field(gt=0)
     plans: dict[str, Limits]
+    #: The longest value any text property takes, unless `properties` names it.
+    text_max_length: int | None = Field(default=None, gt=0)
+    #: Published limits per property (the vendor's property names, dotted when nested).
+    properties: dict[str, PropertyLimit] = {}
 
     @model_validator(mode="after")
     def _default_exists(self) -> Vendor:
@@ -62,6 +69,21 @@ def _default_plan(settings: Settings, target: str, vendor: Vendor) -> str:
     if target == "billing" and settings.billing_token.get_secret_value().startswith("sk_live_"):
         return "live"  # Stripe's limits follow the key's mode
     return vendor.default_plan
+
+
+def load_vendors(path: Path = TARGETS_FILE) -> dict[str, Vendor]:
+    """Every vendor in the file, validated (unknown keys are refused)."""
+    try:
+        document = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    vendors = {}
+    for name, table in document.items():
+        try:
+            vendors[name] = Vendor.model_validate(table)
+        except ValidationError as exc:
+            raise ConfigError(f"{path}: [{name}]: {exc}") from exc
+    return vendors
 
 
 def load_plan(settings: Settings, target: str, path: Path = TARGETS_FILE) -> TargetPlan:

@@ -3,7 +3,8 @@
 Apps write free text; this is where it becomes comparable: emails lower-cased and checked,
 phones in E.164, countries as ISO 3166-1 alpha-2, enums from their fixed sets, free text
 (names, company, address) without terminal escapes or control characters, birth dates only
-when a living customer can have them.
+when a living customer can have them. What the targets can take is checked by the ingest
+policy (crmsync.domain.limits) handed to `normalise_customer`.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from zoneinfo import available_timezones
 
 import phonenumbers
@@ -20,6 +21,9 @@ from email_validator import EmailNotValidError, validate_email
 from pydantic import BaseModel, ConfigDict
 
 from crmsync.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    from crmsync.domain.limits import IngestPolicy
 
 __all__ = [
     "EARLIEST_BIRTH_DATE",
@@ -253,15 +257,19 @@ def normalise_value(field: str, value: Any, country: str | None = None) -> Any:
     return _NORMALISERS.get(field, _free_text)(value)
 
 
-def normalise_customer(row: dict[str, Any]) -> GoldenRecord:
-    """A `public.customers` row (as Debezium sends it) -> the golden record, or ValidationFailed."""
+def normalise_customer(row: dict[str, Any], policy: IngestPolicy | None = None) -> GoldenRecord:
+    """A `public.customers` row (as Debezium sends it) -> the golden record, or ValidationFailed.
+    With a `policy`, a live customer that a target cannot take is refused too."""
     if not row.get("id"):
         raise ValidationFailed("id", "missing customer id")
     country = _country(row.get("country"))
     values = {f: normalise_value(f, row.get(f), country) for f in SYNCED_FIELDS}
-    return GoldenRecord(
+    record = GoldenRecord(
         id=str(row["id"]),
         **values,
         updated_at=_timestamp(row.get("updated_at")),
         deleted_at=_timestamp(row.get("deleted_at")),
     )
+    if policy is not None:
+        policy.check(record)
+    return record

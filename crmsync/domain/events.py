@@ -6,13 +6,16 @@ The envelope is what Kafka Connect's JsonConverter writes with schemas disabled:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict
 
 from crmsync.domain.customer import GoldenRecord, normalise_customer
 from crmsync.errors import ValidationFailed
+
+if TYPE_CHECKING:
+    from crmsync.domain.limits import IngestPolicy
 
 __all__ = ["CustomerChange", "SourcePosition", "parse_customer_event"]
 
@@ -69,9 +72,17 @@ def _customer_id(key: bytes | None) -> str:
 
 
 def parse_customer_event(
-    key: bytes | None, value: bytes | None, *, topic: str, partition: int, offset: int
+    key: bytes | None,
+    value: bytes | None,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    policy: IngestPolicy | None = None,
 ) -> CustomerChange | None:
-    """One CDC record -> a normalised change, None for a tombstone, or ValidationFailed."""
+    """One CDC record -> a normalised change, None for a tombstone, or ValidationFailed. With
+    the ingest `policy`, a row some target cannot take is refused here, before any target
+    hears of it: a new customer reaches none, an update leaves every target as it was."""
     customer_id = _customer_id(key)
     if value is None:
         return None
@@ -97,7 +108,7 @@ def parse_customer_event(
     after = envelope.get("after")
     if not isinstance(after, dict):
         raise ValidationFailed("after", f"op {op!r} without an after image")
-    record = normalise_customer(after)
+    record = normalise_customer(after, policy)
     before = None
     if op == "u" and isinstance(envelope.get("before"), dict):
         try:

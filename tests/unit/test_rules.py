@@ -51,16 +51,22 @@ def load(
     ownership: str = GOOD_OWNERSHIP,
     mapping: str = GOOD_MAPPING,
     vendors: dict[str, str] | None = None,
+    targets: str | None = None,
 ) -> SyncRules:
+    """Without `targets`, no published limits: the temp mappings are not the vendors' whole."""
     ownership_file = tmp_path / "ownership.toml"
     mapping_file = tmp_path / "mapping.toml"
     ownership_file.write_text(ownership)
     mapping_file.write_text(mapping)
-    return load_rules(ownership_file, mapping_file, vendors)
+    targets_file = None
+    if targets is not None:
+        targets_file = tmp_path / "targets.toml"
+        targets_file.write_text(targets)
+    return load_rules(ownership_file, mapping_file, vendors, targets_file)
 
 
 def refuses(
-    tmp_path: Path, *needles: str, vendors: dict[str, str] | None = None, **files: str
+    tmp_path: Path, *needles: str, vendors: dict[str, str] | None = None, **files: str | None
 ) -> ConfigError:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path, vendors=vendors, **files)
@@ -364,3 +370,70 @@ def test_join_flows_only_the_parts_the_ownership_sends(tmp_path: Path) -> None:
     )
     rules = load(tmp_path, ownership=ownership, mapping=mapping)
     assert rules.synced_fields("support") == {"first_name"}
+
+
+# --- the targets' published limits (config/targets.toml) -------------------------------------
+
+HUBSPOT_PLAN = """
+[hubspot]
+default_plan = "free"
+max_batch = 100
+concurrency = 2
+plans = { free = { requests = 100, window_seconds = 10 } }
+"""
+
+
+def test_shipped_limits_make_a_policy_for_every_chosen_target() -> None:
+    policy = load_rules(OWNERSHIP, MAPPING).ingest
+    by_target = {t.target: t for t in policy.targets}
+
+    assert {t: (v.vendor, v.fields) for t, v in by_target.items()} == {
+        t: (v, load_rules(OWNERSHIP, MAPPING).synced_fields(t))
+        for t, v in {"crm": "hubspot", "billing": "stripe", "support": "zendesk"}.items()
+    }
+    assert by_target["crm"].limit_of("firstname").max_length == 65_536
+    assert by_target["billing"].limit_of("name").max_length == 256
+    assert by_target["billing"].limit_of("email").ascii
+    assert by_target["billing"].limit_of("address.city").max_length == 5_000
+    assert by_target["support"].limit_of("name").required
+    salesforce = load_rules(OWNERSHIP, MAPPING, vendors={"crm": "salesforce"}).ingest
+    assert salesforce.targets[0].limit_of("LastName").required
+
+
+def test_a_rules_object_without_limits_takes_everything() -> None:
+    assert load_rules(OWNERSHIP, MAPPING, targets_file=None).ingest.targets == ()
+
+
+@pytest.mark.parametrize(
+    ("limits", "needle"),
+    [
+        ("text_max_length = 0", "text_max_length"),
+        ("[hubspot.properties]\nfirstname = { max_length = -1 }", "max_length"),
+        ("[hubspot.properties]\nfirstname = { maxlength = 40 }", "maxlength"),
+        ("[hubspot.properties]\nfirstname = { ascii = 'yes' }", "ascii"),
+        ("text_max_lenght = 10", "text_max_lenght"),
+    ],
+)
+def test_invalid_published_limits_are_refused(tmp_path: Path, limits: str, needle: str) -> None:
+    refuses(tmp_path, "[hubspot]", needle, targets=HUBSPOT_PLAN + limits)
+
+
+def test_a_required_property_the_mapping_does_not_write_is_refused(tmp_path: Path) -> None:
+    """Every record would be refused: that is a broken config, found at start-up."""
+    targets = HUBSPOT_PLAN + "[hubspot.properties]\nlastname = { required = true }"
+    refuses(tmp_path, "[hubspot] requires lastname", "[crm.hubspot]", targets=targets)
+
+
+def test_a_chosen_vendor_without_published_limits_is_refused(tmp_path: Path) -> None:
+    salesforce = HUBSPOT_PLAN.replace("[hubspot]", "[salesforce]")
+    refuses(tmp_path, "no [hubspot] table", targets=salesforce)
+
+
+def test_limits_of_another_vendor_do_not_apply(tmp_path: Path) -> None:
+    targets = (
+        HUBSPOT_PLAN
+        + HUBSPOT_PLAN.replace("[hubspot]", "[salesforce]")
+        + ("[salesforce.properties]\nLastName = { required = true }")
+    )
+    (crm,) = load(tmp_path, targets=targets).ingest.targets
+    assert (crm.vendor, crm.properties) == ("hubspot", {})
