@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import psycopg
@@ -38,9 +39,11 @@ from adapters.plan import Write, plan_writes
 from adapters.ratelimit import RequestWindow, Throttle
 from adapters.retry import RetryPolicy
 from adapters.target import Archive, Outcome, TargetClient, Upsert
+from canonical_db.target_writes import update_ledgers
 from crmsync.broker import Topics
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
 from crmsync.domain.decide import ARCHIVED_HASH, LANES, Command
+from crmsync.domain.writes import Ledger, acknowledged, sending, withdrawn
 from crmsync.errors import (
     PermanentError,
     RateLimited,
@@ -103,6 +106,16 @@ class Link:
         last one refused): it may lack our id property, so it is written by its own id
         (adapters.target.Upsert.adopt)."""
         return self.method != "created" and self.pushed_hash is None and not self.archived
+
+
+def _sending(ledger: Ledger, write: Write) -> Ledger:
+    return sending(ledger, write.properties)
+
+
+def _acknowledged(ledger: Ledger, write: Write) -> Ledger:
+    # Stamped as it is recorded, so that every copy routed while the write was in flight is
+    # older than the acknowledgement, and reads the same when replayed.
+    return acknowledged(ledger, write.properties, int(time.time() * 1000))
 
 
 def _window_name(seconds: float) -> str:
@@ -300,6 +313,7 @@ class TargetAdapter:
                 adopt=link.adopted,
             )  # fmt: skip
 
+        await self.remember(writes, _sending)
         try:
             outcomes = await self.call(lambda: self.client.upsert([item(w) for w in writes]))
         except PermanentError as exc:
@@ -313,6 +327,8 @@ class TargetAdapter:
             for write in writes:
                 await self.dead_letter_write(write, str(exc), exc.attempts)
             return None
+        taken = {o.customer_id for o in outcomes if o.error is None and o.external_id}
+        await self.remember([w for w in writes if w.customer_id in taken], _acknowledged)
         return writes, outcomes
 
     async def record(self, writes: list[Write], outcomes: list[Outcome], again: bool) -> None:
@@ -359,6 +375,15 @@ class TargetAdapter:
             async with self._db:
                 links = await self.links([w.customer_id for w in retry])
             await self.upsert(retry, links, again=False)
+
+    async def remember(
+        self, writes: list[Write], change: Callable[[Ledger, Write], Ledger]
+    ) -> None:
+        """Record in the target's ledger (`sync.target_writes`) that `writes` are in flight or
+        landed: their copies coming back are then known for our own writes."""
+        changes = {w.customer_id: partial(change, write=w) for w in writes}
+        async with self._db:
+            await update_ledgers(self.conn, self.target, changes)
 
     async def restore_owners(self, external_ids: list[str]) -> None:
         """A vendor that matches writes by email (Zendesk) wrote another customer over these
@@ -407,6 +432,7 @@ class TargetAdapter:
         customer's next write (or the replay) sends the whole record."""
         async with self._db:
             await self.conn.execute(_LINK_UNKNOWN_SQL, (self.target, write.customer_id))
+            await update_ledgers(self.conn, self.target, {write.customer_id: withdrawn})
             cursor = await self.conn.execute(
                 "select merged_into::text from public.customers where id = %s",
                 (write.customer_id,),

@@ -36,6 +36,7 @@ from faust.types import Message
 from prometheus_client import Counter, Gauge, start_http_server
 from pydantic import ValidationError
 
+from canonical_db.target_writes import ledger_of
 from crmsync import identity
 from crmsync.broker import STATE_TABLE, STREAMS_APP_ID, Topics, tail_last
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
@@ -53,6 +54,7 @@ from crmsync.domain.inbound import (
     parse_inbound,
     parse_staging_event,
 )
+from crmsync.domain.writes import Ledger
 from crmsync.errors import ValidationFailed
 from crmsync.journal import record_applied, record_attempts
 from crmsync.logs import logging_config
@@ -342,6 +344,12 @@ async def customer_of(system: str, external_id: str) -> str | None:
     return row[0] if row else None
 
 
+async def written_to(system: str, customer_id: str) -> Ledger:
+    """What we have written to the customer's record in `system`, read as a copy of it is
+    routed (not when it is judged): a copy can only show writes made before it is routed."""
+    return await stage_db.run(partial(ledger_of, system=system, customer_id=customer_id))
+
+
 @app.agent(staging_cdc)
 async def stage(stream: faust.StreamT[bytes]) -> None:
     async for event in stream.events():
@@ -383,6 +391,7 @@ async def stage(stream: faust.StreamT[bytes]) -> None:
             deleted=staged.deleted,
             source=staged.source,
             link=link,
+            written=await written_to(system, customer_id),
         )
         INBOUND.labels(system, "routed").inc()
         await route(customer_id, change)

@@ -3,10 +3,10 @@ JSON, compressed by zstd with a dictionary of what every state holds (field name
 systems), about a quarter of the JSON. With a million customers in memory that is the
 difference between about 2 GiB and a few hundred MiB.
 
-The dictionary (`customer-state-v1.zdict`, a state whose values were blanked) is part of the
-format: states in a changelog are read with the one they were written with, named by the
-first byte. A new dictionary gets a new file and byte; plain JSON (a state stored before
-compression, first byte `{`) is still read.
+The dictionary (`customer-state-v2.zdict`, a state whose values were blanked) is part of the
+format, named by the first byte of every stored state. A new dictionary gets a new file and
+byte. Version 1 held the per-field echo memory that `sync.target_writes` replaced; its states
+are not read (a changelog on the embedded broker never outlives the broker).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from crmsync.domain.decide import CustomerState
 
 __all__ = ["pack", "unpack"]
 
-_V1 = 1
+_V2 = 2
 _dictionary = zstandard.ZstdCompressionDict(
-    (Path(__file__).with_name("customer-state-v1.zdict")).read_bytes(),
+    (Path(__file__).with_name("customer-state-v2.zdict")).read_bytes(),
     dict_type=zstandard.DICT_TYPE_RAWCONTENT,
 )
 _dictionary.precompute_compress(level=3)
@@ -30,12 +30,12 @@ _decompressor = zstandard.ZstdDecompressor(dict_data=_dictionary)
 
 
 def pack(state: CustomerState) -> bytes:
-    return bytes([_V1]) + _compressor.compress(state.model_dump_json().encode())
+    return bytes([_V2]) + _compressor.compress(state.model_dump_json().encode())
 
 
 def unpack(stored: bytes) -> CustomerState:
-    if stored[:1] == b"{":
+    if stored[:1] == b"{":  # stored before compression
         return CustomerState.model_validate_json(stored)
-    if stored[0] != _V1:
+    if stored[0] != _V2:
         raise ValueError(f"customer state in an unknown format ({stored[0]})")
     return CustomerState.model_validate_json(_decompressor.decompress(stored[1:]))

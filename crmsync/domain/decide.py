@@ -12,13 +12,15 @@ ownership matrix (`judge`): applied to the golden record, written back to every 
 (the canonical row included) and published; or rejected, with the golden value written back
 to the system that changed it; or parked for a person in the review queue. A value equal to
 the golden one (an echo of our own write) is no change at all, and crmsync's own write-backs
-into `public.customers` are recognised by their `sync_origin` and dropped.
+into `public.customers` are recognised by their `sync_origin` and dropped. A target's copy is
+judged only where it holds an edit made there: values our own writes explain, by the write
+ledger routed with it (crmsync.domain.writes), are never taken for edits, however late or
+often the copy comes back.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
 from crmsync.domain.events import CustomerChange, SourcePosition
 from crmsync.domain.inbound import InboundChange, Relinked, Resolution, decode
+from crmsync.domain.mapping import TargetMapping
 
 if TYPE_CHECKING:  # crmsync.rules imports the domain: a runtime import would be circular
     from crmsync.rules import SyncRules
@@ -48,41 +51,13 @@ __all__ = [
 ]
 
 
-#: How many superseded values per field a target's late echoes are recognised by.
-ECHO_MEMORY = 3
-
-
 class TargetPush(BaseModel):
-    """What we last told one target: a hash of the full property set, or that it was archived;
-    and, per field, short hashes of the last values we sent it (newest last). A target that
-    lags behind our writes reports each of them back in turn; one of those values coming back
-    after we have moved on is our own write arriving late, not an edit made there."""
+    """What we last told one target: a hash of the full property set, or that it was archived."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     hash: str
     archived: bool = False
-    sent: dict[str, list[str]] = {}
-
-    def sent_before(self, field: str, value: Any) -> bool:
-        return _short(value) in self.sent.get(field, ())
-
-
-def _short(value: Any) -> str:
-    return fingerprint(value)[:8]
-
-
-def _remember(
-    previous: TargetPush | None, record: GoldenRecord, fields: Iterable[str]
-) -> dict[str, list[str]]:
-    """`previous.sent` with each field's value in `record` added where it is new."""
-    sent = dict(previous.sent) if previous is not None and not previous.archived else {}
-    for field in fields:
-        value = _short(getattr(record, field))
-        values = sent.get(field, [])
-        if not values or values[-1] != value:
-            sent[field] = [*values, value][-ECHO_MEMORY:]
-    return sent
 
 
 class CustomerState(BaseModel):
@@ -277,10 +252,7 @@ def _target_command(
     if previous and consent & set(delta):
         lane = "consent"
     full = not previous
-    sent = _remember(pushed, record, sorted(rules.synced_fields(target)))
-    return TargetPush(hash=desired_hash, sent=sent), command(
-        "upsert", delta, desired_hash, full, lane
-    )
+    return TargetPush(hash=desired_hash), command("upsert", delta, desired_hash, full, lane)
 
 
 def _commands(
@@ -602,12 +574,10 @@ def _apply_inbound(
         # A value the record already held before this change is not a change the system
         # made now: the system is behind (our write to it is on its way), not disagreeing.
         proposed = {f: v for f, v in incoming.items() if f not in before or before[f] != v}
+    # Our own writes coming back, late or replayed, are not edits made there.
+    ours = _our_writes(mapping, change, incoming, golden)
+    proposed = {f: v for f, v in proposed.items() if f not in ours}
     own = state.pushed.get(system)
-    if own is not None:
-        # A value we sent this system before the golden record moved on: our own write
-        # arriving late (the target lags behind our writes), not an edit made there.
-        proposed = {f: v for f, v in proposed.items()
-                    if v == getattr(golden, f) or not own.sent_before(f, v)}  # fmt: skip
     changed_now = {
         name for name, m in mapping.fields.items()
         if change.previous is None
@@ -625,14 +595,11 @@ def _apply_inbound(
         state, new_golden, source, customer_id, rules, deleted=False, skip=system
     )
     if in_sync:  # it held the golden record, and now holds it with its change:
-        pushed[system] = TargetPush(
-            hash=fingerprint(_desired(new_golden, system, rules)), sent=own.sent if own else {}
-        )
+        pushed[system] = TargetPush(hash=fingerprint(_desired(new_golden, system, rules)))
     if rejected:  # the golden value goes back to the system that changed it
         revert = _forced_write(customer_id, source, system, rules, new_golden, set(rejected))
         commands.append(revert)
-        sent = _remember(own, new_golden, sorted(rejected))
-        pushed[system] = TargetPush(hash=revert.desired_hash, sent=sent)
+        pushed[system] = TargetPush(hash=revert.desired_hash)
     writeback = None
     if applied:
         writeback = _writeback(
@@ -643,6 +610,38 @@ def _apply_inbound(
     )
     decision = _updated(state, new_state, commands, source, now, writeback, attempts)
     return decision.model_copy(update={"invalid": invalid}) if invalid else decision
+
+
+def _our_writes(
+    mapping: TargetMapping, change: InboundChange, incoming: dict[str, Any], golden: GoldenRecord
+) -> set[str]:
+    """The fields whose value in the copy our own writes explain (crmsync.domain.writes): a
+    value we wrote there, or any value while the copy is not newer than our last write of it."""
+    copied_at = change.source.ts_ms or 0
+    ours = set()
+    for name, entry in mapping.fields.items():
+        written = change.written.get(entry.property)
+        if written is None:
+            continue
+        fields = [f for f in mapping.sources(name) if f in incoming]
+        if written.covers(copied_at):
+            ours.update(fields)
+            continue
+        for value in (*written.pending, *written.values):
+            ours.update(f for f in fields if _decoded(mapping, entry.property, value, golden, f)
+                        == incoming[f])  # fmt: skip
+    return ours
+
+
+def _decoded(
+    mapping: TargetMapping, prop: str, value: Any, golden: GoldenRecord, field: str
+) -> Any:
+    """`field` as a copy holding `value` in `prop` would read: the same decoding as the copy."""
+    fields, _ = decode(mapping, {prop: value}, golden)
+    return fields.get(field, _MISSING)
+
+
+_MISSING = object()
 
 
 def _full_write(

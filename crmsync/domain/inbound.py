@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from crmsync.domain.customer import GoldenRecord, normalise_value
 from crmsync.domain.events import SourcePosition
 from crmsync.domain.mapping import FieldMapping, TargetMapping
+from crmsync.domain.writes import Ledger
 from crmsync.errors import ValidationFailed
 
 __all__ = [
@@ -73,6 +74,9 @@ class InboundChange(BaseModel):
     #: person) to the customer, by this method: the golden record keeps its values, the
     #: record fills the golden record's gaps, and the whole golden record is written to it.
     link: str | None = None
+    #: What we had written to the record when it was routed (`sync.target_writes`): the
+    #: values in it that are our own writes (crmsync.domain.writes).
+    written: Ledger = {}
 
 
 class Relinked(BaseModel):

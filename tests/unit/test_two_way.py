@@ -12,6 +12,7 @@ from crmsync.domain.customer import normalise_customer
 from crmsync.domain.decide import CustomerState, Decision, apply, judge
 from crmsync.domain.events import CustomerChange, SourcePosition
 from crmsync.domain.inbound import InboundChange, Relinked, Resolution, decode, split_name
+from crmsync.domain.writes import Ledger, Written
 from crmsync.rules import load_rules
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,11 +47,13 @@ def hubspot(
     offset: int = 1,
     previous: dict[str, Any] | None = None,
     deleted: bool = False,
+    written: Ledger | None = None,
 ) -> InboundChange:
-    """A HubSpot contact update (`previous`: what it held before; {} when unknown)."""
+    """A HubSpot contact update (`previous`: what it held before; {} when unknown;
+    `written`: what we had written to the contact, `sync.target_writes`)."""
     return InboundChange(
         customer_id=CID, system="crm", properties={"crmsync_id": CID, **props},
-        previous={} if previous is None else previous, deleted=deleted,
+        previous={} if previous is None else previous, deleted=deleted, written=written or {},
         source=SourcePosition(system="crm", topic="crmsync.staging.crm_contacts", partition=0,
                               offset=offset, op="u", ts_ms=at, external_id="501"),
     )  # fmt: skip
@@ -184,13 +187,17 @@ def test_our_own_earlier_write_arriving_late_is_an_echo_not_an_edit() -> None:
     second = step(first.state, canonical({"region": "B2"}, before={"region": "B1"}, offset=2,
                                          at=T0 + 2_000))  # fmt: skip
     assert targets(first)["crm"]["state"] == "B1" and targets(second)["crm"]["state"] == "B2"
-    late = hubspot({"state": "B1"}, at=T0 + 60_000, previous={"state": None})  # ours, applied late
+    # The CRM took both writes by T0 + 50 s (sync.target_writes), and reports B1 at T0 + 60 s.
+    written = {"state": Written(values=("B1", "B2"), at=T0 + 50_000)}
+    late = hubspot({"state": "B1"}, at=T0 + 60_000, previous={"state": None}, written=written)
     decision = step(second.state, late)
     assert decision.state.golden.region == "B2"  # type: ignore[union-attr]
     assert decision.writeback is None and decision.change is None and decision.attempts == []
+    # Without the ledger, it is taken for an edit: the ledger is what tells.
+    assert step(second.state, late.model_copy(update={"written": {}})).writeback is not None
     # A value we never sent it is still an edit made there, and wins on time.
-    edit = step(second.state, hubspot({"state": "B9"}, at=T0 + 60_000, previous={"state": "B2"}))
-    assert edit.state.golden.region == "B9"  # type: ignore[union-attr]
+    edited = hubspot({"state": "B9"}, at=T0 + 60_000, previous={"state": "B2"}, written=written)
+    assert step(second.state, edited).state.golden.region == "B9"  # type: ignore[union-attr]
 
 
 def test_after_a_re_snapshot_a_stale_copy_of_a_record_changes_nothing() -> None:

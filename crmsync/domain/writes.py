@@ -1,0 +1,85 @@
+"""What crmsync wrote to a target's record of a customer: the ledger that tells our own writes,
+coming back in the target's copies of the record, from edits people made there.
+
+A target stamps a copy with the time it stored it. Our write lands there whenever the adapter
+gets to it, which under a backlog is long after the golden record moved on, and a copy can be
+read again at any later time (a redelivery, a re-snapshot of the staging mirror). So a copy's
+time says nothing about whether a value in it is an edit. What does is the ledger, kept by the
+adapters beside every request (`sync.target_writes`) and read when a copy is routed, so it
+survives replays, restarts and a lost stream state:
+
+- a value in flight, or one of the last values the target acknowledged, is our own write;
+- a copy not newer than our last acknowledged write of a property (give or take
+  `SETTLE_MS`) shows a state that write replaced, or the write itself;
+- only a newer copy holding another value reports an edit made there.
+
+The acknowledgement is stamped when it is recorded, after the target answered, so a copy
+routed while the write was in flight is older than it: read again later, such a copy is
+covered, and was either our value or an edit judged already.
+
+Pure: values are the target's properties as the command carried them; `crmsync.domain.decide`
+decodes them like any copy, so a vendor's reformatting never looks like an edit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["REMEMBERED", "SETTLE_MS", "Ledger", "Written", "acknowledged", "sending", "withdrawn"]
+
+#: How many acknowledged values per property are recognised (a target may keep reporting an
+#: older one: Zendesk keeps a user's first email as the primary identity).
+REMEMBERED = 3
+#: Slack between the target's clock (its copy's time) and ours (the acknowledgement's): a copy
+#: stamped up to this long after our write landed is still taken to show the write. Stripe and
+#: Zendesk count whole seconds.
+SETTLE_MS = 2_000
+
+
+class Written(BaseModel):
+    """One property of one target's record, as we wrote it."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    values: tuple[Any, ...] = ()  # the last acknowledged values, newest last
+    at: int | None = None  # when the newest was acknowledged (epoch ms)
+    pending: tuple[Any, ...] = ()  # (value,) while a write of it is in flight
+
+    def ours(self, value: Any) -> bool:
+        return value in self.pending or value in self.values
+
+    def covers(self, copied_at: int) -> bool:
+        """Whether a copy stamped `copied_at` is not newer than our last acknowledged write,
+        so cannot show an edit made after it. (A write in flight covers nothing: the copy may
+        hold a person's edit made before it lands, which is judged like any other.)"""
+        return self.at is not None and copied_at <= self.at + SETTLE_MS
+
+
+#: By target property name.
+Ledger = dict[str, Written]
+
+
+def sending(ledger: Ledger, properties: dict[str, Any]) -> Ledger:
+    """Before the request: `properties` are in flight."""
+    updated = dict(ledger)
+    for prop, value in properties.items():
+        entry = ledger.get(prop, Written())
+        updated[prop] = entry.model_copy(update={"pending": (value,)})
+    return updated
+
+
+def acknowledged(ledger: Ledger, properties: dict[str, Any], at: int) -> Ledger:
+    """The target took `properties` at `at` (epoch ms)."""
+    updated = dict(ledger)
+    for prop, value in properties.items():
+        entry = ledger.get(prop, Written())
+        values = [v for v in entry.values if v != value] + [value]
+        updated[prop] = Written(values=tuple(values[-REMEMBERED:]), at=at)
+    return updated
+
+
+def withdrawn(ledger: Ledger) -> Ledger:
+    """The requests in flight failed: the target holds what it held before them."""
+    return {prop: entry.model_copy(update={"pending": ()}) for prop, entry in ledger.items()}
