@@ -3,10 +3,11 @@
 VENV  := .venv
 STAMP := $(VENV)/.installed-$(shell sha1sum pyproject.toml | cut -c1-12)
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint bench clean postgres-binaries
 BENCH_STAMP := $(VENV)/.bench-$(shell sha1sum pyproject.toml | cut -c1-12)
 
 $(STAMP): pyproject.toml
+	@$(MAKE) -s postgres-binaries
 	test -x $(VENV)/bin/python || python3 -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -qq --upgrade pip
 	$(VENV)/bin/python -m pip install -qq -e '.[test]'
@@ -42,3 +43,17 @@ bench-identity: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .crmsync
+
+# The PostgreSQL server binaries (initdb, pg_ctl) the embedded stack and the tests start a
+# cluster from: installed from Debian's packages when run as root, named otherwise. No
+# system-wide cluster is created; crmsync makes its own under .crmsync/.
+postgres-binaries:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    mkdir -p /etc/postgresql-common/createcluster.d && \
+	    echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.d/crmsync.conf && \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15; \
+	  else \
+	    echo "crmsync needs the PostgreSQL server binaries: sudo apt-get install postgresql-15"; exit 1; \
+	  fi; \
+	fi
