@@ -47,9 +47,6 @@ class Written(BaseModel):
     at: int | None = None  # when the newest was acknowledged (epoch ms)
     pending: tuple[Any, ...] = ()  # (value,) while a write of it is in flight
 
-    def ours(self, value: Any) -> bool:
-        return value in self.pending or value in self.values
-
     def covers(self, copied_at: int) -> bool:
         """Whether a copy stamped `copied_at` is not newer than our last acknowledged write,
         so cannot show an edit made after it. (A write in flight covers nothing: the copy may
