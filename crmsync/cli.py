@@ -198,7 +198,7 @@ dlq_app = typer.Typer(help="Inspect and replay dead letters.", no_args_is_help=T
 app.add_typer(dlq_app, name="dlq")
 
 TargetOption = Annotated[str | None, typer.Option(help="Only this target: crm, billing, support.")]
-SinceOption = Annotated[str | None, typer.Option(help="Only since: 30m, 2h, 7d or an ISO time.")]
+SinceOption = Annotated[str | None, typer.Option(help="Seen since: 30m, 2h, 7d or an ISO time.")]
 
 
 @dlq_app.command("list")
@@ -206,10 +206,11 @@ def dlq_list(
     target: TargetOption = None,
     since: SinceOption = None,
     all_: Annotated[bool, typer.Option("--all", help="Include replayed letters.")] = False,
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    limit: Annotated[int, typer.Option(help="At most this many, last seen first.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Dead letters not yet replayed (newest first)."""
+    """Dead letters not yet replayed, last seen first; each failure once, with how many
+    times it was seen."""
     from rich.table import Table
 
     from crmsync.dlq import list_letters, parse_since
@@ -221,12 +222,14 @@ def dlq_list(
         sys.stdout.write(orjson.dumps(letters, option=orjson.OPT_INDENT_2).decode() + "\n")
         return
     table = Table(title=f"{len(letters)} dead letters")
-    for column in ("id", "created", "stage", "target", "key", "tries", "error", "replayed"):
+    for column in ("id", "first seen", "last seen", "seen", "stage", "target", "key", "tries",
+                   "error", "replayed"):  # fmt: skip
         table.add_column(column)
     for letter in letters:
         table.add_row(
-            str(letter["id"]), f"{letter['created_at']:%m-%d %H:%M:%S}", letter["stage"],
-            letter["target"] or "", letter["key"] or "", str(letter["attempts"]),
+            str(letter["id"]), f"{letter['created_at']:%m-%d %H:%M:%S}",
+            f"{letter['last_failed_at']:%m-%d %H:%M:%S}", f"{letter['occurrences']}x",
+            letter["stage"], letter["target"] or "", letter["key"] or "", str(letter["attempts"]),
             " ".join(letter["error"].split())[:160], "yes" if letter["replayed_at"] else "",
         )  # fmt: skip
     console.print(table)
@@ -376,7 +379,7 @@ BY = typer.Option(help="Who decided (recorded).")
 
 @review_app.command("merges")
 def review_merges(
-    limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+    limit: Annotated[int, typer.Option(help="At most this many, last seen first.")] = 100,
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Merges of duplicate customers, newest first (undo one with `unmerge`)."""

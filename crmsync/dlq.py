@@ -9,7 +9,9 @@ record in the target), idempotently:
   the fix flowed through on its own, sends nothing);
 - an ingest letter (a row the pipeline could not read) asks Debezium to re-read the row
   (an incremental snapshot filtered to it); a row still invalid is dead-lettered again.
-Either way the letter is marked replayed.
+Either way the letter is marked replayed, unless it failed again while the replay ran (its
+count moved on): then it stays open. The same failure coming back after its letter was
+replayed opens a new letter; the replayed one stays as it was (`crmsync.dead_letters`).
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ def _where(
     if target is not None:
         clauses.append("target = %s")
         params.append(target)
-    if since is not None:
-        clauses.append("created_at >= %s")
+    if since is not None:  # seen since: a failure that keeps coming back is recent
+        clauses.append("last_failed_at >= %s")
         params.append(since)
     if not everything:
         clauses.append("replayed_at is null")
@@ -97,11 +99,14 @@ def list_letters(
     everything: bool = False,
     limit: int = 100,
 ) -> list[dict[str, Any]]:
+    """Letters, last seen first: with how many times each failure was seen (`occurrences`),
+    first (`created_at`) and last (`last_failed_at`)."""
     where, params = _where(None, target, since, everything)
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
         return conn.execute(
-            "select id, created_at, stage, target, key, attempts, error, replayed_at"
-            f" from sync.dead_letters{where} order by id desc limit %s",
+            "select id, created_at, last_failed_at, occurrences, stage, target, key, attempts,"
+            f" error, replayed_at from sync.dead_letters{where}"
+            " order by last_failed_at desc, id desc limit %s",
             [*params, limit],
         ).fetchall()
 
@@ -135,9 +140,11 @@ async def replay(
     async with await psycopg.AsyncConnection.connect(settings.dsn, autocommit=True) as conn:
         cursor = conn.cursor(row_factory=dict_row)
         await cursor.execute(
-            f"select id, stage, target, key from sync.dead_letters{where} order by id", params
+            f"select id, stage, target, key, occurrences from sync.dead_letters{where} order by id",
+            params,
         )
         letters = await cursor.fetchall()
+        seen = {letter["id"]: letter["occurrences"] for letter in letters}
         deliver: dict[tuple[str, str], list[int]] = {}
         reread: dict[str, list[int]] = {}
         for letter in letters:
@@ -207,8 +214,29 @@ async def replay(
             )
             replayed.extend(i for row_id in chunk for i in reread[row_id])
         report.rows_reread = len(row_ids)
-        await conn.execute(
-            "update sync.dead_letters set replayed_at = now() where id = any(%s)", (replayed,)
-        )
-        report.letters = len(replayed)
+        await _mark_replayed(conn, {letter_id: seen[letter_id] for letter_id in replayed}, report)
     return report
+
+
+#: A letter seen again since the replay read it (the replayed command or re-read row failed
+#: the same way, or a retry under way did) is left open: marking it would hide that failure.
+_MARK_REPLAYED_SQL = """
+update sync.dead_letters letter set replayed_at = now()
+  from unnest(%s::bigint[], %s::integer[]) as taken(id, occurrences)
+ where letter.id = taken.id and letter.occurrences = taken.occurrences
+   and letter.replayed_at is null
+returning letter.id"""
+
+FAILED_AGAIN = "failed again the same way while replaying: still open"
+
+
+async def _mark_replayed(
+    conn: psycopg.AsyncConnection[Any], seen: dict[int, int], report: ReplayReport
+) -> None:
+    """Mark the letters replayed (`seen`: letter id -> occurrences when the replay read it)."""
+    cursor = await conn.execute(_MARK_REPLAYED_SQL, (list(seen), list(seen.values())))
+    marked = {row[0] for row in await cursor.fetchall()}
+    report.not_replayed += [
+        (letter_id, FAILED_AGAIN) for letter_id in seen if letter_id not in marked
+    ]
+    report.letters = len(marked)

@@ -8,7 +8,7 @@ import uuid
 import orjson
 import pytest
 
-from crmsync.dlq import _row_id, parse_since
+from crmsync.dlq import _row_id, _where, parse_since
 
 ID = str(uuid.uuid4())
 
@@ -38,3 +38,12 @@ def test_since_takes_durations_and_iso_times() -> None:
     assert parse_since(None) is None
     with pytest.raises(ValueError, match="--since"):
         parse_since("yesterday")
+
+
+def test_since_means_seen_since_so_a_failure_that_keeps_coming_back_is_listed() -> None:
+    """A letter counts each time its failure comes back: one first written a week ago and
+    seen a minute ago is recent."""
+    moment = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    where, params = _where(None, "crm", moment, everything=False)
+    assert where == " where target = %s and last_failed_at >= %s and replayed_at is null"
+    assert params == ["crm", moment]
