@@ -37,14 +37,16 @@ def retry_after(response: httpx.Response) -> float | None:
 def raise_for_status(
     response: httpx.Response,
     wait: Callable[[httpx.Response], float | None] = retry_after,
+    body: Callable[[httpx.Response], str] = lambda response: response.text,
 ) -> None:
     """429 → RateLimited (after `wait(response)` seconds), 5xx → TransientError, any other
-    4xx → PermanentError with the vendor's body; below 400, nothing."""
+    4xx → PermanentError with the vendor's body (as `body(response)` states it: a vendor
+    leaves out what names the request rather than the failure); below 400, nothing."""
     status = response.status_code
     if status < 400:
         return
     if status == 429:
-        raise RateLimited(wait(response), response.text)
+        raise RateLimited(wait(response), body(response))
     if status >= 500:
-        raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
-    raise PermanentError(status, response.text)
+        raise TransientError(f"HTTP {status}: {body(response)[:200]}", status)
+    raise PermanentError(status, body(response))

@@ -86,9 +86,35 @@ def _retry_after(response: httpx.Response) -> float | None:
     return int(interval) / 1000 if interval and interval.isdigit() else None
 
 
+def _error(error: Mapping[str, Any]) -> dict[str, Any]:
+    """A HubSpot error without what names the request rather than the failure: its
+    `correlationId`, and the `objectWriteTraceId` in its context (the input's place in our
+    batch, used to find the input). The same refusal then reads the same each time it comes
+    back, and makes one dead letter (crmsync.dead_letters)."""
+    kept = {name: value for name, value in error.items() if name != "correlationId"}
+    context = kept.get("context")
+    if isinstance(context, Mapping) and "objectWriteTraceId" in context:
+        kept["context"] = {n: v for n, v in context.items() if n != "objectWriteTraceId"}
+        if not kept["context"]:
+            del kept["context"]
+    return kept
+
+
+def _error_text(error: Mapping[str, Any]) -> str:
+    return orjson.dumps(_error(error)).decode()
+
+
+def _body_text(response: httpx.Response) -> str:
+    try:
+        body = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return response.text
+    return _error_text(body) if isinstance(body, dict) else response.text
+
+
 def raise_for_status(response: httpx.Response) -> None:
     """The shared mapping (adapters.http), with HubSpot's way of saying when to retry."""
-    http.raise_for_status(response, _retry_after)
+    http.raise_for_status(response, _retry_after, _body_text)
 
 
 def _header_int(headers: httpx.Headers, name: str) -> int | None:
@@ -282,7 +308,11 @@ def _outcomes(
             external_ids[trace] = str(result["id"])
     errors = list(body.get("errors", []))
     refusals = dict(_refusals(errors, trace_of_key))
-    unexplained = orjson.dumps(errors).decode() if errors else "HubSpot returned no result"
+    unexplained = (
+        orjson.dumps([_error(e) for e in errors]).decode()
+        if errors
+        else "HubSpot returned no result"
+    )
     return [
         Outcome(item.customer_id, external_id=external_ids[str(n)])
         if str(n) in external_ids
@@ -297,7 +327,7 @@ def _refusals(
     """Each refused input's trace id with HubSpot's error entry for it, as text: an entry names
     inputs by trace id, or (objects ``batch/update`` could not find) by their ids."""
     for error in errors:
-        text = orjson.dumps(error).decode()
+        text = _error_text(error)
         context = error.get("context", {})
         for trace in context.get("objectWriteTraceId", []):
             yield str(trace), text

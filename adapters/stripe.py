@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from adapters.http import retry_after, send
 from adapters.target import Archive, Outcome, Quota, Upsert, no_pacing
@@ -68,6 +69,17 @@ def _error_of(response: httpx.Response) -> dict[str, Any]:
     return error if isinstance(error, dict) else {}
 
 
+def _body_text(response: httpx.Response) -> str:
+    """An error answer as text without its `request_log_url` (the link to this one request's
+    log, timestamped): the same refusal then reads the same each time it comes back, and
+    makes one dead letter (crmsync.dead_letters)."""
+    error = _error_of(response)
+    if "request_log_url" not in error:
+        return response.text
+    kept = {name: value for name, value in error.items() if name != "request_log_url"}
+    return orjson.dumps({"error": kept}).decode()
+
+
 class RecordRefused(Exception):
     """Stripe refused this record's values (a 400 naming a `param`): the item's Outcome."""
 
@@ -87,14 +99,14 @@ def raise_for_status(response: httpx.Response) -> None:
     if status < 400:
         return
     if status == 429:
-        raise RateLimited(retry_after(response), response.text)
+        raise RateLimited(retry_after(response), _body_text(response))
     advice = response.headers.get("Stripe-Should-Retry")
     if advice == "true" or (advice is None and (status >= 500 or status == 409)):
-        raise TransientError(f"HTTP {status}: {response.text[:200]}", status)
+        raise TransientError(f"HTTP {status}: {_body_text(response)[:200]}", status)
     error = _error_of(response)
     if status == 400 and error.get("param") and error.get("type") == "invalid_request_error":
-        raise RecordRefused(response.text)
-    raise PermanentError(status, response.text)
+        raise RecordRefused(_body_text(response))
+    raise PermanentError(status, _body_text(response))
 
 
 class StripeClient:

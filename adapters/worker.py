@@ -118,6 +118,18 @@ def _acknowledged(ledger: Ledger, write: Write) -> Ledger:
     return acknowledged(ledger, write.properties, int(time.time() * 1000))
 
 
+def _dead_letter_reason(exc: TargetError, give_up_after: float) -> str:
+    """`exc` as its dead letter states it: in the same words each time the same failure comes
+    back, so that it stays one letter (crmsync.dead_letters). The tries are the letter's
+    `attempts`; how long a 429 asked us to wait is no part of the failure."""
+    if isinstance(exc, RetriesExhausted):
+        last = _dead_letter_reason(exc.last, give_up_after)
+        return f"gave up after {give_up_after:g} s of retries: {last}"
+    if isinstance(exc, RateLimited):
+        return f"rate limited: {exc.body[:200]}"
+    return str(exc)
+
+
 def _window_name(seconds: float) -> str:
     return "daily" if seconds >= DAY else f"{seconds:g}s"
 
@@ -325,7 +337,7 @@ class TargetAdapter:
             return None
         except RetriesExhausted as exc:
             for write in writes:
-                await self.dead_letter_write(write, str(exc), exc.attempts)
+                await self.dead_letter_write(write, self.reason(exc), exc.attempts)
             return None
         taken = {o.customer_id for o in outcomes if o.error is None and o.external_id}
         await self.remember([w for w in writes if w.customer_id in taken], _acknowledged)
@@ -414,7 +426,7 @@ class TargetAdapter:
             outcomes = await self.call(lambda: self.client.archive(items))
         except (PermanentError, RetriesExhausted) as exc:
             for write, _ in writes:
-                await self.dead_letter_write(write, str(exc), getattr(exc, "attempts", 1))
+                await self.dead_letter_write(write, self.reason(exc), getattr(exc, "attempts", 1))
             return
         failed = {o.customer_id: o.error for o in outcomes if o.error is not None}
         for write, _ in writes:
@@ -426,6 +438,9 @@ class TargetAdapter:
                 _LINK_ARCHIVED_SQL, [(ARCHIVED_HASH, self.target, w.customer_id) for w in done]
             )
         DELIVERED.labels(self.target, "archive").inc(len(done))
+
+    def reason(self, exc: TargetError) -> str:
+        return _dead_letter_reason(exc, self.policy.give_up_after)
 
     async def dead_letter_write(self, write: Write, error: str, attempts: int) -> None:
         """Park the write's commands; what the target holds is unknown from now on, so the

@@ -67,7 +67,14 @@ def _succeeded(result: Mapping[str, Any]) -> bool:
 
 
 def _error_text(result: Mapping[str, Any]) -> str:
-    return orjson.dumps(dict(result)).decode()
+    """A job's failed result as text, without the user's place in the job (`index`, and the
+    `id` Zendesk sets to it on a failed create): the same refusal then reads the same in
+    whichever batch it comes back, and makes one dead letter (crmsync.dead_letters)."""
+    place = result.get("index")
+    return orjson.dumps({
+        name: value for name, value in result.items()
+        if name != "index" and not (name == "id" and place is not None and value == place)
+    }).decode()  # fmt: skip
 
 
 class ZendeskClient:
@@ -120,7 +127,7 @@ class ZendeskClient:
         for index, item in enumerate(items):
             result = _result_at(results, index)
             if result is None:
-                error = f"Zendesk job {job['id']} has no result for this user"
+                error = "the Zendesk job has no result for this user"
                 outcomes.append(Outcome(item.customer_id, error=error))
             elif _succeeded(result):
                 outcomes.append(Outcome(item.customer_id, external_id=str(result["id"])))
@@ -148,7 +155,7 @@ class ZendeskClient:
         for index, item in enumerate(known):
             result = by_id.get(str(item.external_id)) or _result_at(results, index)
             if result is None:
-                error = f"Zendesk job {job['id']} has no result for user {item.external_id}"
+                error = f"the Zendesk job has no result for user {item.external_id}"
                 outcomes.append(Outcome(item.customer_id, error=error))
             elif _succeeded(result):
                 outcomes.append(Outcome(item.customer_id, external_id=item.external_id))
@@ -172,7 +179,7 @@ class ZendeskClient:
         for item in ids:
             result = by_id.get(item.external_id)
             if result is None:
-                error = f"Zendesk job {job['id']} has no result for user {item.external_id}"
+                error = f"the Zendesk job has no result for user {item.external_id}"
                 outcomes.append(Outcome(item.customer_id, error=error))
             elif _succeeded(result) or result.get("error") == "RecordNotFound":
                 outcomes.append(Outcome(item.customer_id, external_id=item.external_id))
@@ -211,19 +218,22 @@ class ZendeskClient:
         self, method: str, path: str, body: dict[str, Any] | None = None
     ) -> dict[str, Any]:
         """Start a background job and wait for it; a job that fails or outlives `job_timeout`
-        is a TransientError (every job we start is safe to run again)."""
+        is a TransientError (every job we start is safe to run again; its text leaves out the
+        job's id, which each new run changes, so a failure that lasts reads the same)."""
         response = await self._request(method, path, body)
         job: dict[str, Any] = response.json()["job_status"]
         deadline = time.monotonic() + self._job_timeout
         delay = self._poll_interval
         while job["status"] in _RUNNING:
             if time.monotonic() + delay > deadline:
-                raise TransientError(f"Zendesk job {job['id']} still {job['status']}")
+                raise TransientError(
+                    f"Zendesk job still {job['status']} after {self._job_timeout:g} s"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._poll_max_interval)
             job = await self._poll(job["id"])
         if job["status"] != "completed":
-            raise TransientError(f"Zendesk job {job['id']} {job['status']}: {job.get('message')}")
+            raise TransientError(f"Zendesk job {job['status']}: {job.get('message')}")
         return job
 
     async def _poll(self, job_id: str) -> dict[str, Any]:
@@ -234,7 +244,7 @@ class ZendeskClient:
             if error.status != 404:
                 raise
             # The job status expired or the account was reset: running the job again is safe.
-            raise TransientError(f"Zendesk job {job_id} vanished", 404) from error
+            raise TransientError("Zendesk job vanished", 404) from error
         job: dict[str, Any] = response.json()["job_status"]
         return job
 
