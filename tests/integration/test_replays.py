@@ -1,11 +1,15 @@
 """An app's change is never undone by a replay: the operator's reproduction from issue 14.
 
-A thousand customers go in while the targets' quotas make their creates trail behind; the app
-then changes 200 of them, and the broker is killed at once. The supervisor brings it back
-empty, so the capture re-snapshots every table (the staging mirrors too, holding the targets'
-older copies of our writes) and the worker rebuilds each customer's state from scratch. Every
-copy of our own writes that comes back, replayed or late, must be recognised as ours: each app
-value stays in `public.customers` and reaches every target.
+A thousand customers go in while Stripe's quota (25 writes/s) makes their creates trail
+behind. The capture stalls (SIGSTOP) just before the app changes 200 of them; meanwhile the
+adapters deliver the creates they already had, with the old values, so Stripe stamps our
+older values later than the app's change. Then the broker is killed, and the stalled capture
+with it. The supervisor brings the broker back empty: the worker rebuilds each customer's
+state from the changes the capture streams again (with their original times) and from its
+re-snapshot, and the staging mirror's copies of our creates arrive after them. Every copy of
+our own writes must be recognised as ours: each app value stays in `public.customers` and
+reaches every target. (The issue's run killed the broker right after the changes and lost
+5 of 200; stalling the capture first makes that window as wide as the creates' backlog.)
 """
 
 from __future__ import annotations
@@ -60,11 +64,18 @@ def test_app_changes_survive_a_broker_kill_and_the_replays_that_follow(
         lambda: targets["billing"].stats()["creates"] >= CUSTOMERS // 4,
         timeout=120, interval=0.5, what="a quarter of the creates in Stripe",
     )  # fmt: skip
+    capture = stack.stack.processes["capture"].pid
+    os.killpg(capture, signal.SIGSTOP)
     changed = {cid: f"Changed{n}" for n, cid in enumerate(ids[::5][:CHANGED])}
     with psycopg.connect(stack.settings.dsn, autocommit=True) as conn:
         for cid, value in changed.items():
             conn.execute("update public.customers set last_name = %s where id = %s", (value, cid))
+    wait_until(
+        lambda: targets["billing"].stats()["creates"] >= CUSTOMERS,
+        timeout=180, interval=1, what="every create in Stripe, with the values before the change",
+    )  # fmt: skip
     os.kill(stack.stack.processes["broker"].pid, signal.SIGKILL)
+    os.killpg(capture, signal.SIGKILL)
     actions = wait_until(stack.stack.supervise, timeout=30, what="the supervisor to act")
     assert any("rebased" in action for action in actions), actions
 
@@ -73,9 +84,13 @@ def test_app_changes_survive_a_broker_kill_and_the_replays_that_follow(
         return {cid: last for cid, last in rows if cid in changed}
 
     def converged() -> dict[str, Any] | None:
-        """The targets hold every customer, and the changed ones as the canonical row does."""
+        """The targets hold every customer, and the changed ones as the canonical row does.
+        Nobody else writes these rows or edits the targets: a changed row holding anything but
+        the app's value, at any moment, is an app change undone."""
         stack.stack.supervise()
         rows = canonical()
+        undone = {cid: (want, rows[cid]) for cid, want in changed.items() if rows[cid] != want}
+        assert not undone, f"{len(undone)} of {len(changed)} app changes undone: {undone}"
         held = last_names(targets, ids)
         if any(len(by_id) < CUSTOMERS for by_id in held.values()):
             return None
@@ -84,9 +99,7 @@ def test_app_changes_survive_a_broker_kill_and_the_replays_that_follow(
         return {"canonical": rows, "targets": held}
 
     state = wait_until(converged, timeout=600, interval=5, what="the targets to converge")
-    undone = {cid: (want, state["canonical"][cid]) for cid, want in changed.items()
-              if state["canonical"][cid] != want}  # fmt: skip
-    assert not undone, f"{len(undone)} of {len(changed)} app changes undone: {undone}"
+    assert state["canonical"] == changed
     for name, by_id in state["targets"].items():
         assert {cid: by_id[cid] for cid in changed} == changed, name
     applied = stack.sql(
