@@ -96,12 +96,12 @@ def test_each_bad_input_reaches_every_target_normalised_or_none_with_one_dead_le
 
     def letters() -> dict[str, list[str]] | None:
         found: dict[str, list[str]] = {}
-        for key, error in stack.sql(
-            "select key, error from sync.dead_letters where stage = 'ingest'"
+        for key, error, seen in stack.sql(
+            "select key, error, occurrences from sync.dead_letters where stage = 'ingest'"
         ):
             for cid in refused_ids:
                 if cid in key:
-                    found.setdefault(cid, []).append(error)
+                    found.setdefault(cid, []).extend([error] * seen)
         return found if set(found) == set(refused_ids) else None
 
     by_id = wait_until(letters, timeout=120, what="a dead letter for every refused row")
@@ -125,8 +125,10 @@ def test_each_bad_input_reaches_every_target_normalised_or_none_with_one_dead_le
     assert final["support"][updated_id]["name"] == "First9 Last9"
     for target in targets.values():
         assert target.stats()["creates"] == len(delivered)
-    letters_now = stack.sql("select count(*) from sync.dead_letters where stage = 'ingest'")
-    assert letters_now == [(len(refused_ids),)]
+    letters_now = stack.sql(
+        "select count(*), sum(occurrences) from sync.dead_letters where stage = 'ingest'"
+    )
+    assert letters_now == [(len(refused_ids), len(refused_ids))]
 
 
 def _last_name(target: Target, contact: dict[str, Any]) -> str:
