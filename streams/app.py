@@ -190,6 +190,7 @@ def parse(message: Message) -> CustomerChange | InboundChange | Resolution | Rel
         topic=message.topic,
         partition=message.partition,
         offset=message.offset,
+        policy=rules.ingest,
     )
     if change is not None:
         EVENTS.labels(change.op).inc()
@@ -426,7 +427,12 @@ async def identify(stream: faust.StreamT[bytes]) -> None:
             m = event.message
             try:
                 change = parse_customer_event(
-                    m.key, m.value, topic=m.topic, partition=m.partition, offset=m.offset
+                    m.key,
+                    m.value,
+                    topic=m.topic,
+                    partition=m.partition,
+                    offset=m.offset,
+                    policy=rules.ingest,
                 )
             except (ValidationFailed, ValidationError):
                 continue  # ingest dead-letters it with the reason
