@@ -30,6 +30,7 @@ pytestmark = pytest.mark.timeout(900)
 #: The issue's sizes: 1,000 customers, 200 of them changed. Smaller by env for a quick look.
 CUSTOMERS = int(os.environ.get("CRMSYNC_REPLAY_CUSTOMERS", "1000"))
 CHANGED = CUSTOMERS // 5
+DELETED = 20 * CUSTOMERS
 
 
 def last_names(targets: dict[str, Any], ids: list[str]) -> dict[str, dict[str, str | None]]:
@@ -54,6 +55,14 @@ def test_app_changes_survive_a_broker_kill_and_the_replays_that_follow(
 ) -> None:
     stack = start_stack()
     targets = targets_of(stack.settings)
+    # The operator's database also held customers deleted long ago: the re-snapshot reads
+    # them too, so it reaches each live customer later, as on any real table.
+    stack.sql(
+        "insert into public.customers (email, first_name, last_name, deleted_at)"
+        " select 'gone.' || n || '@example.com', 'Gone', 'Person' || n, now()"
+        " from generate_series(1, %s) as n",
+        (DELETED,),
+    )
     half = CUSTOMERS // 2
     ids = stack.insert_customers([person(n) for n in range(half)])
     ids += stack.insert_customers([person(n) for n in range(half, CUSTOMERS)])
