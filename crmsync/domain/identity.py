@@ -36,6 +36,7 @@ __all__ = [
     "Person",
     "Thresholds",
     "blocking_keys",
+    "email_collision",
     "match",
     "person_of",
     "score",
@@ -348,3 +349,15 @@ def match(person: Person, candidates: list[Candidate], thresholds: Thresholds) -
     if sure and _one_person([best, *rivals]):
         return Match("link", best[1].customer_id, "fuzzy", best[0].confidence, likely)
     return Match("review", confidence=best[0].confidence, candidates=likely)
+
+
+def email_collision(person: Person, holder: Candidate, thresholds: Thresholds) -> Match:
+    """The verdict on a customer an app gave the email `holder` holds in the targets. The
+    targets give an email to one customer only, so the answer is never "someone new": the
+    same person (a link: merge them) when `match` links the two by that email (no name or
+    birth date disagrees), anyone else to a person (review), however unlike the two look."""
+    verdict = match(person, [holder], thresholds)
+    if verdict.outcome == "link":
+        return verdict
+    confidence = score(person, holder.person).confidence
+    return Match("review", confidence=confidence, candidates=((holder.customer_id, confidence),))
