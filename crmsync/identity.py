@@ -6,6 +6,13 @@ record. The matcher itself is pure (`crmsync.domain.identity`); here are the rea
 and the writes its verdicts make: an identity link, a review item, a new customer, or a merge
 (`sync.merge_customers`).
 
+Email collisions are decided here too, before any target is written: `claim_emails` gives
+each email to one customer's records (`sync.email_holders`), and a customer given an email
+another holds waits (`sync.email_waiting`) for `decide_collision`: merged when the two are one
+person, else reviewed once per pair. When a person decides, or the holder's records in the
+targets have let the email go and it is handed over (`settle_emails`), the waiting customer's
+row is read again (`email_recheck`).
+
 Survivor rule for a merge: the customer created first survives (then the lower id), so the
 record apps and targets have known longest keeps its id (`sync.merge_customers`).
 """
@@ -15,12 +22,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import AsyncConnection, sql
 from psycopg.types.json import Jsonb
 
-from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord
+from crmsync.domain.collisions import EmailClaim
+from crmsync.domain.customer import SYNCED_FIELDS, GoldenRecord, normalise_customer
 from crmsync.domain.events import SourcePosition
 from crmsync.domain.identity import (
     Candidate,
@@ -28,18 +36,28 @@ from crmsync.domain.identity import (
     Person,
     Thresholds,
     blocking_keys,
+    email_collision,
     match,
     person_of,
 )
 from crmsync.domain.inbound import Relinked
+from crmsync.domain.limits import IngestPolicy
+from crmsync.errors import ValidationFailed
 from crmsync.rules import SyncRules
 
 __all__ = [
     "CANDIDATE_LIMIT",
+    "EMAIL_RECHECK",
     "MERGE_SQL",
+    "Claimed",
+    "Collision",
     "Merged",
     "Resolved",
     "candidates",
+    "claim_emails",
+    "current_records",
+    "decide_collision",
+    "email_recheck",
     "find_duplicate",
     "index_customers",
     "merge",
@@ -47,6 +65,7 @@ __all__ = [
     "new_customer_sql",
     "resolve_record",
     "review_duplicate",
+    "settle_emails",
 ]
 
 #: The most customers one record is scored against: blocks stay small, and a key shared by
@@ -276,3 +295,139 @@ async def review_duplicate(
          f" (confidence {verdict.confidence:.2f}): merge them or keep them apart",
          f"duplicate:{pair[0]}:{pair[1]}"),
     )  # fmt: skip
+
+
+#: The topic named by an email recheck (a `Relinked` for no system): the customer's row is to
+#: be read again, its email claimed again (crmsync.domain.collisions.reread).
+EMAIL_RECHECK = "sync.email_holders"
+_CLAIM_SQL = """
+    select ord, holder::text, releasing
+    from sync.claim_emails(%s::uuid[], %s::text[]) order by ord"""
+_ROWS_SQL = """
+    select id::text, to_jsonb(c) from public.customers c
+    where id = any(%s::uuid[]) and deleted_at is null and merged_into is null"""
+#: A pair a person kept apart stays apart from the customer that absorbed either by a merge.
+_APART_SQL = """
+    select 1 from sync.kept_apart k
+    join (select %(holder)s::uuid as id
+          union all select id from public.customers where merged_into = %(holder)s) h on true
+    where k.customer_a = least(%(id)s::uuid, h.id) and k.customer_b = greatest(%(id)s::uuid, h.id)
+    limit 1"""
+_COLLISION_REVIEW_SQL = """
+    insert into sync.review_queue (kind, customer_id, system, proposed, reason, key)
+    values ('duplicate', %s, 'canonical', %s, %s, %s)
+    on conflict (key) do update
+        set proposed = sync.review_queue.proposed || excluded.proposed, reason = excluded.reason
+        where sync.review_queue.resolved_at is null and not sync.review_queue.proposed ? 'email'"""
+
+
+def email_recheck(customer_id: str, reason: str) -> Relinked:
+    """The message (on `crmsync.inbound`) that has the pipeline read a waiting customer's row
+    again: the email it waits for is free, or a person decided."""
+    now = int(dt.datetime.now(dt.UTC).timestamp() * 1000)
+    source = SourcePosition(system="identity", topic=EMAIL_RECHECK, partition=0, offset=0,
+                            op="u", tx_id=now, ts_ms=now)  # fmt: skip
+    return Relinked(customer_id=customer_id, systems=[], reason=reason, source=source)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """Who holds a claimed email after the claim: its claimant (it got the email), another
+    customer, or nobody (the claim gave one up); and whether that holder is giving it up (the
+    claimant waits for it to be handed over, `settle_emails`, with no decision to make)."""
+
+    holder: str | None
+    releasing: bool = False
+
+
+async def claim_emails(conn: AsyncConnection[Any], claims: list[EmailClaim]) -> list[Claimed]:
+    """Claim, in order, the email each change gives its customer (`sync.claim_emails`): one
+    round trip per batch of changes."""
+    if not claims:
+        return []
+    params = ([c.customer_id for c in claims], [c.email for c in claims])
+    cursor = await conn.execute(_CLAIM_SQL, params)
+    return [Claimed(holder, releasing) for _, holder, releasing in await cursor.fetchall()]
+
+
+async def settle_emails(conn: AsyncConnection[Any]) -> list[str]:
+    """Hand each email given up to a waiting customer once the targets have the records of
+    the customer giving it up without it (`sync.settle_emails`); returns the customers whose
+    rows are to be read again."""
+    cursor = await conn.execute("select customer_id::text from sync.settle_emails() customer_id")
+    return [row[0] for row in await cursor.fetchall()]
+
+
+async def current_records(
+    conn: AsyncConnection[Any], ids: list[str], policy: IngestPolicy | None = None
+) -> dict[str, GoldenRecord]:
+    """The live customers' rows as golden records, read as ingest reads them (`policy`); a
+    deleted, merged or refused row is left out: its own change event says what became of it."""
+    cursor = await conn.execute(_ROWS_SQL, (ids,))
+    records = {}
+    for customer_id, row in await cursor.fetchall():
+        try:
+            records[customer_id] = normalise_customer(row, policy)
+        except ValidationFailed:
+            continue
+    return records
+
+
+@dataclass(frozen=True)
+class Collision:
+    """The decision on a customer given the email `holder` holds: `merged` (one person; the
+    survivor is written whole), `review` (a person decides), `apart` (a person said they are
+    two: the customer is synced without the email) or `wait` (the holder is gone or merged
+    already, and giving the email up)."""
+
+    outcome: Literal["merged", "review", "apart", "wait"]
+    holder: str
+    merged: Merged | None = None
+
+
+async def decide_collision(
+    conn: AsyncConnection[Any],
+    record: GoldenRecord,
+    holder: str,
+    thresholds: Thresholds,
+    fill: list[str],
+) -> Collision:
+    """`record`'s customer was given the email `holder` holds in the targets: merge the two
+    when the matcher says they are one person (`email_collision`), else ask a person, once
+    per pair (the item a duplicate check made for the pair, if any, learns of the email)."""
+    pair = sorted((record.id, holder))
+    async with conn.transaction():
+        cursor = await conn.execute(_APART_SQL, {"id": record.id, "holder": holder})
+        if await cursor.fetchone() is not None:
+            return Collision("apart", holder)
+        cursor = await conn.execute(_ROWS_SQL, ([holder],))
+        row = await cursor.fetchone()
+        if row is None:
+            return Collision("wait", holder)
+        try:
+            held_by = person_of(normalise_customer(row[1]))
+        except ValidationFailed:
+            held_by = None  # nothing to compare with: a person decides
+        verdict = Match("review")
+        if held_by is not None:
+            verdict = email_collision(person_of(record), Candidate(holder, held_by), thresholds)
+        if verdict.outcome == "link":
+            merged = await merge(conn, (record.id, holder), verdict.method or "email",
+                                 verdict.confidence, "crmsync", fill)  # fmt: skip
+            return Collision("merged", holder, merged) if merged else Collision("wait", holder)
+        email = record.email
+        proposed = {
+            "customers": pair, "confidence": verdict.confidence,
+            "candidates": [{"customer_id": holder, "confidence": verdict.confidence}],
+            "email": email, "held_by": holder, "given_to": record.id,
+        }  # fmt: skip
+        reason = (
+            f"customer {record.id} was given {email}, which customer {holder} holds"
+            f" (confidence {verdict.confidence:.2f} that they are one person): merge them, or"
+            f" keep them apart ({record.id} is then synced without {email})"
+        )
+        await conn.execute(
+            _COLLISION_REVIEW_SQL,
+            (record.id, Jsonb(proposed), reason, f"duplicate:{pair[0]}:{pair[1]}"),
+        )
+        return Collision("review", holder)
