@@ -35,7 +35,7 @@ from crmsync.domain.inbound import (
     mapped_properties,
 )
 from crmsync.errors import ValidationFailed
-from crmsync.identity import MERGE_SQL, Merged, merge_fill, new_customer_sql
+from crmsync.identity import MERGE_SQL, Merged, email_recheck, merge_fill, new_customer_sql
 from crmsync.rules import SyncRules, load_rules
 from crmsync.settings import Settings
 
@@ -270,11 +270,19 @@ def resolve_identity(
 
 def resolve_duplicate(settings: Settings, item_id: int, *, merge: bool, by: str) -> str:
     """Two customers that may be one person: merge them (as the pipeline does, the one created
-    first survives), or keep them apart for good."""
+    first survives), or keep them apart for good.
+
+    When one was given an email the other holds (an email collision), that customer waits:
+    merged, the survivor's records carry the email once the other's are archived; kept apart,
+    the holder keeps the email in the targets and the other is synced without it (a new
+    customer gets records with no email, a known one keeps the email its records had) until
+    an app gives it an email of its own or the holder gives this one up."""
     merged = None
     with psycopg.connect(settings.dsn, row_factory=dict_row) as conn, conn.transaction():
         item = _open_item(conn, item_id, "duplicate")
-        pair = tuple(item["proposed"]["customers"])
+        proposed = item["proposed"]
+        pair = tuple(proposed["customers"])
+        decision: dict[str, Any] = {}
         if merge:
             fill = merge_fill(_rules(settings))
             row = conn.execute(MERGE_SQL, (*pair, "review", 1.0, by, fill)).fetchone()
@@ -291,14 +299,29 @@ def resolve_duplicate(settings: Settings, item_id: int, *, merge: bool, by: str)
                 (min(pair), max(pair), by, f"review item {item_id}"),
             )
             reason = f"{pair[0]} and {pair[1]} kept apart by {by}"
+            if proposed.get("email"):
+                decision["email"] = {"address": proposed["email"], "kept_by": proposed["held_by"],
+                                     "withheld_from": proposed["given_to"]}  # fmt: skip
+                reason += (f": {proposed['email']} stays {proposed['held_by']}'s in the targets,"
+                           f" {proposed['given_to']} is synced without it")  # fmt: skip
             cause = {"review": item_id, "by": by}
             _audit(conn, pair[0], "kept apart", reason, f"review:{item_id}", cause, list(pair))
+        waiting = [row["customer_id"] for row in conn.execute(
+            "select customer_id::text from sync.email_waiting where customer_id = any(%s::uuid[])",
+            (list(pair),),
+        )]  # fmt: skip
         conn.execute(
             "update sync.review_queue set resolved_at = now(), decision = %s, resolved_by = %s"
-            " where id = %s", (Jsonb({"outcome": outcome}), by, item_id),
+            " where id = %s", (Jsonb({"outcome": outcome, **decision}), by, item_id),
         )  # fmt: skip
-    if merged is not None:  # after the commit: the adapters read the links it moved
-        _publish(settings, merged.relinked(list(_rules(settings).mappings)))
+    # After the commit: the adapters read the links a merge moved, and the pipeline reads a
+    # customer waiting for an email again (a merged one's wait ends with the other's archive).
+    messages: list[Relinked] = []
+    if merged is not None:
+        messages.append(merged.relinked(list(_rules(settings).mappings)))
+    messages.extend(email_recheck(cid, f"review item {item_id}: {outcome}") for cid in waiting)
+    if messages:
+        _publish(settings, *messages)
     return outcome
 
 

@@ -5,7 +5,11 @@
   that both land on the same partition as the customer's state.
 - `ingest` folds canonical changes and inbound ones into the customer's state with the pure
   `crmsync.domain.decide.apply`, and sends the resulting commands, write-back and change
-  event; refused changes and conflicts go to `sync.audit_log` and `sync.review_queue`.
+  event; refused changes and conflicts go to `sync.audit_log` and `sync.review_queue`. It
+  first claims the emails a batch gives customers (crmsync.domain.collisions): a customer
+  given an email another holds is merged or reviewed before any target hears of it, and a
+  timer (`settle_emails`) hands an email given up to a waiting customer once the targets
+  have let it go.
 - `identify` keeps the identity index (`sync.identity_index`) from the customers' changes and
   finds duplicates as they arrive: a confident one is merged into the customer created first
   (crmsync.identity), a doubtful one goes to the review queue. `stage` matches a record made
@@ -24,7 +28,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, TypeVar
@@ -40,9 +44,10 @@ from canonical_db.target_writes import ledger_of
 from crmsync import identity
 from crmsync.broker import STATE_TABLE, STREAMS_APP_ID, Topics, tail_last
 from crmsync.dead_letters import DeadLetter, insert_dead_letter
+from crmsync.domain.collisions import EmailClaim, Gate, email_claim, gated, reread
 from crmsync.domain.customer import GoldenRecord
 from crmsync.domain.decide import CustomerState, Decision, GoldenChange, WriteBack, apply
-from crmsync.domain.events import CustomerChange, parse_customer_event
+from crmsync.domain.events import CustomerChange, SourcePosition, parse_customer_event
 from crmsync.domain.identity import Thresholds, person_of
 from crmsync.domain.inbound import (
     STAGING_TABLES,
@@ -126,6 +131,9 @@ WRITTEN_BACK = Counter("crmsync_streams_written_back", "Fields written to public
 DEAD = Counter("crmsync_streams_dead_letters", "Records dead-lettered at ingest")
 MATCHED = Counter("crmsync_identity_matched", "Target records matched", ["system", "outcome"])
 DUPLICATES = Counter("crmsync_identity_duplicates", "Canonical duplicates found", ["outcome"])
+COLLISIONS = Counter(
+    "crmsync_identity_email_collisions", "Customers given an email another holds", ["outcome"]
+)
 IN_STATE = Gauge("crmsync_streams_customers_in_state", "Customers in this worker's state table")
 IN_STATE.set_function(lambda: len(customers.data))
 
@@ -160,7 +168,7 @@ class Database:
 
 
 ingest_db, stage_db, write_back_db, audit_db = Database(), Database(), Database(), Database()
-identify_db = Database()
+identify_db, emails_db = Database(), Database()
 
 
 @app.task
@@ -213,13 +221,167 @@ class BatchStates:
         return self.newest[customer_id]
 
 
-def decide(message: Message, states: BatchStates) -> tuple[str, Decision] | None:
-    """Parse one record and fold it into its customer's state (None: nothing to do). The
-    new state is kept in `states`, not stored: see `take_effects` for when it may be."""
-    change = parse(message)
-    if change is None:
+Change = CustomerChange | InboundChange | Resolution | Relinked
+
+
+@dataclass
+class Parsed:
+    message: Message
+    change: Change
+
+
+def _live(state: CustomerState | None) -> GoldenRecord | None:
+    """The customer's golden record while it is live (what its records were last given)."""
+    return state.golden if state is not None and not state.deleted else None
+
+
+def _is_recheck(change: Change) -> bool:
+    return isinstance(change, Relinked) and change.source.topic == identity.EMAIL_RECHECK
+
+
+async def parse_batch(batch: list[Any], states: BatchStates) -> list[Parsed]:
+    """Parse a batch's records (dead-lettering what cannot be read). An email recheck becomes
+    its customer's row, read now, as a change that claims the row's email again."""
+    parsed = []
+    for event in batch:
+        message = event.message
+        try:
+            change = parse(message)
+        except (ValidationFailed, ValidationError) as exc:
+            log.warning("dead-lettered %s@%s: %s", message.topic, message.offset, exc)
+            await dead_letter(message, str(exc))
+            continue
+        except Exception as exc:  # a bug must not stop the stream: park the record, go on
+            log.exception("failed on %s@%s; dead-lettered", message.topic, message.offset)
+            await dead_letter(message, f"internal error: {type(exc).__name__}: {exc}")
+            continue
+        if change is not None:
+            parsed.append(Parsed(message, change))
+    rechecked = [p.change.customer_id for p in parsed if _is_recheck(p.change)]
+    if not rechecked:
+        return parsed
+    rows = await ingest_db.run(
+        partial(identity.current_records, ids=rechecked, policy=rules.ingest)
+    )
+    kept = []
+    for one in parsed:
+        if _is_recheck(one.change):
+            record = rows.get(one.change.customer_id)
+            if record is None:  # deleted, merged or invalid by now: its own event says so
+                continue
+            m, at = one.message, one.change.source
+            source = SourcePosition(topic=m.topic, partition=m.partition, offset=m.offset,
+                                    op="u", tx_id=at.tx_id, ts_ms=at.ts_ms)  # fmt: skip
+            one.change = reread(_live(states.get(record.id)), record, source)
+        kept.append(one)
+    return kept
+
+
+class EmailGate:
+    """One batch's email claims (crmsync.domain.collisions), made together before the batch
+    is decided: who got the email each change claims, and for a collision the identity
+    decision (a merge, a review, or a pair a person kept apart). A batch without new or
+    changed emails costs nothing here."""
+
+    def __init__(self) -> None:
+        #: Per (customer, email): (position in the batch, gate), in batch order.
+        self.answers: dict[tuple[str, str | None], list[tuple[int, Gate]]] = {}
+        #: Customers whose rows are to be read again (a claim the batch did not make).
+        self.rechecks: set[str] = set()
+
+    def gate(self, index: int, claim: EmailClaim) -> Gate:
+        """What the claim of the change at `index` came to (the latest answer for the same
+        customer and email at or before it). A claim the batch did not make (the customer's
+        state moved within the batch) is held, and the row read again in a later batch."""
+        answers = self.answers.get((claim.customer_id, claim.email), [])
+        before = [gate for at, gate in answers if at <= index]
+        if before:
+            return before[-1]
+        self.rechecks.add(claim.customer_id)
+        return "held"
+
+
+async def claim_emails(parsed: list[Parsed], states: BatchStates) -> EmailGate:
+    """Claim every email the batch's canonical changes give their customers, in one round
+    trip, and decide each collision before any target is written. The claims are made as
+    though every change got its email; `EmailGate.gate` covers a change whose customer's
+    state moved otherwise within the batch."""
+    gate = EmailGate()
+    claims: list[tuple[int, EmailClaim]] = []
+    simulated: dict[str, GoldenRecord | None] = {}
+    for index, one in enumerate(parsed):
+        change = one.change
+        if not isinstance(change, CustomerChange):
+            continue
+        cid = change.customer_id
+        if cid not in simulated:
+            simulated[cid] = _live(states.get(cid))
+        claim = email_claim(simulated[cid], change)
+        if claim is not None:
+            claims.append((index, claim))
+        record = change.record
+        simulated[cid] = record if record is not None and record.deleted_at is None else None
+    if not claims:
+        return gate
+    answers = await ingest_db.run(
+        partial(identity.claim_emails, claims=[claim for _, claim in claims])
+    )
+    collisions: dict[tuple[str, str | None, str], Gate] = {}
+    for (index, claim), answer in zip(claims, answers, strict=True):
+        verdict: Gate = "granted"
+        if answer.releasing:  # the holder is letting it go: it is handed over, no question
+            verdict = "held"
+        elif answer.holder is not None and answer.holder != claim.customer_id:
+            key = (claim.customer_id, claim.email, answer.holder)
+            if key not in collisions:
+                change = parsed[index].change
+                assert isinstance(change, CustomerChange) and change.record is not None
+                collisions[key] = await decide_collision(change.record, answer.holder)
+            verdict = collisions[key]
+        gate.answers.setdefault((claim.customer_id, claim.email), []).append((index, verdict))
+    return gate
+
+
+async def decide_collision(record: GoldenRecord, holder: str) -> Gate:
+    """The identity decision on a customer given the email `holder` holds: merged (the
+    survivor is written whole), reviewed, or kept apart by a person. Until a merge or a
+    person's decision is through, the customer's change is held."""
+    collision = await ingest_db.run(
+        partial(identity.decide_collision, record=record, holder=holder,
+                thresholds=thresholds, fill=MERGE_FILL)
+    )  # fmt: skip
+    COLLISIONS.labels(collision.outcome).inc()
+    log.info("customer %s was given %s, held by %s: %s", record.id, record.email, holder,
+             collision.outcome)  # fmt: skip
+    if collision.outcome == "review":
+        DUPLICATES.labels("review").inc()
+    merged = collision.merged
+    if merged is not None:
+        DUPLICATES.labels("merged").inc()
+        log.info("merged %s into %s (merge %d, same email)", merged.loser, merged.survivor,
+                 merged.merge_id)  # fmt: skip
+        await route(merged.survivor, merged.relinked(list(rules.mappings)))
+    return "apart" if collision.outcome == "apart" else "held"
+
+
+def decide(
+    one: Parsed, index: int, states: BatchStates, gate: EmailGate
+) -> tuple[str, Decision] | None:
+    """Fold one record into its customer's state (None: nothing to do), once its email
+    claim, if it makes one, is answered. The new state is kept in `states`, not stored: see
+    `take_effects` for when it may be."""
+    change: Change | None = one.change
+    state = states.get(one.change.customer_id)
+    if isinstance(change, CustomerChange):
+        golden = _live(state)
+        claim = email_claim(golden, change)
+        if claim is not None:
+            decided = gated(golden, change, gate.gate(index, claim))
+            if decided is not None and decided is not change and decided.record is not None:
+                rules.ingest.check(decided.record)  # without the email, can every target take it?
+            change = decided
+    if change is None:  # a new customer waits for the decision on its email
         return None
-    state = states.get(change.customer_id)
     decision = apply(state, change, rules, dt.datetime.now(dt.UTC).isoformat())
     if decision is None:
         INBOUND.labels(change.source.system, "unknown customer").inc()
@@ -237,14 +399,18 @@ class Decided:
 @app.agent(changes_in)
 async def ingest(stream: faust.StreamT[bytes]) -> None:
     """Decide a batch of records in order, then take all their effects at once: one wait for
-    the broker's acknowledgements per batch instead of one per record."""
+    the broker's acknowledgements per batch instead of one per record. The emails the batch
+    gives customers are claimed first (`claim_emails`), so a collision is decided before any
+    target hears of it."""
     async for batch in stream.take_events(INGEST_BATCH, within=INGEST_WITHIN):
         states = BatchStates()
+        parsed = await parse_batch(batch, states)
+        gate = await claim_emails(parsed, states)
         decided: list[Decided] = []
-        for event in batch:
-            message = event.message
+        for index, one in enumerate(parsed):
+            message = one.message
             try:
-                outcome = decide(message, states)
+                outcome = decide(one, index, states, gate)
             except (ValidationFailed, ValidationError) as exc:
                 log.warning("dead-lettered %s@%s: %s", message.topic, message.offset, exc)
                 await dead_letter(message, str(exc))
@@ -265,13 +431,50 @@ async def ingest(stream: faust.StreamT[bytes]) -> None:
             await take_effects(decided, states)
         except Exception:  # a bug must not stop the stream: one by one, park what fails
             log.exception("effects of a batch failed; taking them one by one")
-            for one in decided:
+            for one_decided in decided:
                 try:
-                    await take_effects([one], states)
+                    await take_effects([one_decided], states)
                 except Exception as exc:
-                    m = one.message
+                    m = one_decided.message
                     log.exception("effects of %s@%s failed; dead-lettered", m.topic, m.offset)
                     await dead_letter(m, f"internal error: {type(exc).__name__}: {exc}")
+        await recheck(gate.rechecks, "its email claim was not made with its batch")
+
+
+async def recheck(customer_ids: Iterable[str], reason: str) -> None:
+    """Have customers' rows read again by ingest, their emails claimed again."""
+    sent = []
+    for customer_id in customer_ids:
+        message = identity.email_recheck(customer_id, reason)
+        key, value = orjson.dumps({"id": customer_id}), message.model_dump_json().encode()
+        sent.append(await inbound.send(key=key, value=value, force=True))
+    await asyncio.gather(*sent)
+
+
+#: How often emails given up are checked for being out of the targets, and how long a
+#: customer handed one is not asked to be read again (its recheck is on its way).
+SETTLE_EVERY, RECHECK_AGAIN_AFTER = 1.0, 30.0
+_rechecked: dict[str, float] = {}
+
+
+@app.timer(SETTLE_EVERY)
+async def settle_emails() -> None:
+    """Hand each email a customer gave up to a customer waiting for it, once the targets have
+    the first one's records without it (archived, or written since), and have the waiting
+    customers' rows read again: one record lets an email go before another takes it."""
+    try:
+        waiting = await emails_db.run(identity.settle_emails)
+    except Exception:  # a bug must not stop the timer: it tries again
+        log.exception("settling emails failed")
+        return
+    now = asyncio.get_running_loop().time()
+    for cid, at in list(_rechecked.items()):
+        if now - at > RECHECK_AGAIN_AFTER:
+            del _rechecked[cid]
+    due = [cid for cid in dict.fromkeys(waiting) if cid not in _rechecked]
+    if due:
+        await recheck(due, "the email it waits for was handed over")
+        _rechecked.update(dict.fromkeys(due, now))
 
 
 def _send(topic: faust.TopicT, key: str, model: Any) -> Awaitable[Any]:
