@@ -30,6 +30,8 @@ class Write:
     #: False when what this write leaves in the target is not exactly `desired_hash` (it was
     #: sent without the whole record): the link then records the target's state as unknown.
     known: bool = True
+    #: When its request was sent (epoch ms): the write ledger's time (crmsync.domain.writes).
+    sent_at: int = 0
 
     @property
     def idempotency_key(self) -> str:

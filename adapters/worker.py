@@ -113,9 +113,7 @@ def _sending(ledger: Ledger, write: Write) -> Ledger:
 
 
 def _acknowledged(ledger: Ledger, write: Write) -> Ledger:
-    # Stamped as it is recorded, so that every copy routed while the write was in flight is
-    # older than the acknowledgement, and reads the same when replayed.
-    return acknowledged(ledger, write.properties, int(time.time() * 1000))
+    return acknowledged(ledger, write.properties, write.sent_at)
 
 
 def _dead_letter_reason(exc: TargetError, give_up_after: float) -> str:
@@ -325,6 +323,9 @@ class TargetAdapter:
                 adopt=link.adopted,
             )  # fmt: skip
 
+        sent_at = int(time.time() * 1000)
+        for write in writes:
+            write.sent_at = sent_at
         await self.remember(writes, _sending)
         try:
             outcomes = await self.call(lambda: self.client.upsert([item(w) for w in writes]))

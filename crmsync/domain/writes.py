@@ -9,13 +9,15 @@ adapters beside every request (`sync.target_writes`) and read when a copy is rou
 survives replays, restarts and a lost stream state:
 
 - a value in flight, or one of the last values the target acknowledged, is our own write;
-- a copy not newer than our last acknowledged write of a property (give or take
-  `SETTLE_MS`) shows a state that write replaced, or the write itself;
-- only a newer copy holding another value reports an edit made there.
+- a copy not newer than the moment we sent our last acknowledged write of a property shows a
+  state that write replaced;
+- only a copy newer than that, holding another value, reports an edit made there.
 
-The acknowledgement is stamped when it is recorded, after the target answered, so a copy
-routed while the write was in flight is older than it: read again later, such a copy is
-covered, and was either our value or an edit judged already.
+The moment is when the request was sent: a copy taken after it holds either the state our
+write replaced (our previous write, which the values recognise, or an edit judged already)
+or our write, or a later edit, which must not be missed. Vendors stamping whole seconds
+(Stripe, Zendesk) make a copy look older, so an edit in the same second as our write of the
+same property is taken for a state the write replaced.
 
 Pure: values are the target's properties as the command carried them; `crmsync.domain.decide`
 decodes them like any copy, so a vendor's reformatting never looks like an edit.
@@ -27,15 +29,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["REMEMBERED", "SETTLE_MS", "Ledger", "Written", "acknowledged", "sending", "withdrawn"]
+__all__ = ["REMEMBERED", "Ledger", "Written", "acknowledged", "sending", "withdrawn"]
 
 #: How many acknowledged values per property are recognised (a target may keep reporting an
 #: older one: Zendesk keeps a user's first email as the primary identity).
 REMEMBERED = 3
-#: Slack between the target's clock (its copy's time) and ours (the acknowledgement's): a copy
-#: stamped up to this long after our write landed is still taken to show the write. Stripe and
-#: Zendesk count whole seconds.
-SETTLE_MS = 2_000
 
 
 class Written(BaseModel):
@@ -44,14 +42,14 @@ class Written(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     values: tuple[Any, ...] = ()  # the last acknowledged values, newest last
-    at: int | None = None  # when the newest was acknowledged (epoch ms)
+    at: int | None = None  # when the newest was sent (epoch ms)
     pending: tuple[Any, ...] = ()  # (value,) while a write of it is in flight
 
     def covers(self, copied_at: int) -> bool:
         """Whether a copy stamped `copied_at` is not newer than our last acknowledged write,
         so cannot show an edit made after it. (A write in flight covers nothing: the copy may
         hold a person's edit made before it lands, which is judged like any other.)"""
-        return self.at is not None and copied_at <= self.at + SETTLE_MS
+        return self.at is not None and copied_at <= self.at
 
 
 #: By target property name.
@@ -67,13 +65,13 @@ def sending(ledger: Ledger, properties: dict[str, Any]) -> Ledger:
     return updated
 
 
-def acknowledged(ledger: Ledger, properties: dict[str, Any], at: int) -> Ledger:
-    """The target took `properties` at `at` (epoch ms)."""
+def acknowledged(ledger: Ledger, properties: dict[str, Any], sent_at: int) -> Ledger:
+    """The target took `properties`, sent at `sent_at` (epoch ms)."""
     updated = dict(ledger)
     for prop, value in properties.items():
         entry = ledger.get(prop, Written())
         values = [v for v in entry.values if v != value] + [value]
-        updated[prop] = Written(values=tuple(values[-REMEMBERED:]), at=at)
+        updated[prop] = Written(values=tuple(values[-REMEMBERED:]), at=sent_at)
     return updated
 
 

@@ -58,6 +58,7 @@ class World:
     cdc: deque[Any] = field(default_factory=deque)
     commands: deque[Command] = field(default_factory=deque)
     in_flight: Command | None = None
+    sent_at: int = 0
     record: dict[str, Any] | None = None
     copies: deque[Copy] = field(default_factory=deque)
     staged: dict[str, Any] | None = None  # the staging row: the newest copy routed
@@ -123,6 +124,7 @@ class World:
         if self.in_flight is not None or not self.commands:
             return
         command = self.in_flight = self.commands.popleft()
+        self.sent_at = self.clock
         self.ledger = sending(self.ledger, command.properties)
         self.record = {**(self.record or {}), **command.properties}
         if echo:
@@ -130,7 +132,7 @@ class World:
 
     def acknowledge(self) -> None:
         if self.in_flight is not None:
-            self.ledger = acknowledged(self.ledger, self.in_flight.properties, self.clock)
+            self.ledger = acknowledged(self.ledger, self.in_flight.properties, self.sent_at)
             self.in_flight = None
 
     def fail(self) -> None:
@@ -219,7 +221,7 @@ STEP = st.one_of(
     st.tuples(st.just("redeliver"), st.integers(0, 40)),
     st.tuples(st.just("lose"), st.integers(0, 40)),
 )
-TICKS = st.integers(0, 8_000)  # ms between steps: around the conflict window and SETTLE_MS
+TICKS = st.integers(0, 8_000)  # ms between steps: around the 5 s conflict window
 
 
 def run(steps: list[tuple[Any, ...]], ticks: list[int]) -> World:

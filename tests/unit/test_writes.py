@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from crmsync.domain.writes import REMEMBERED, SETTLE_MS, Written, acknowledged, sending, withdrawn
+from crmsync.domain.writes import REMEMBERED, Written, acknowledged, sending, withdrawn
 
 T = 1_714_557_600_000
 
 
-def test_a_write_is_in_flight_until_acknowledged_and_then_remembered_with_its_time() -> None:
+def test_a_write_is_in_flight_until_acknowledged_and_then_remembered_with_when_sent() -> None:
     ledger = sending({}, {"phone": "+1", "name": None})
     assert ledger["phone"] == Written(pending=("+1",)) and ledger["name"].pending == (None,)
     ledger = acknowledged(ledger, {"phone": "+1", "name": None}, T)
@@ -29,8 +29,8 @@ def test_a_failed_write_is_withdrawn_and_the_acknowledged_values_stay() -> None:
     assert ledger["city"] == Written(values=("Berlin",), at=T)
 
 
-def test_a_copy_is_covered_up_to_the_settle_time_after_the_acknowledgement_only() -> None:
+def test_a_copy_is_covered_up_to_when_our_last_acknowledged_write_was_sent() -> None:
     written = Written(values=("Berlin",), at=T)
-    assert written.covers(T - 60_000) and written.covers(T + SETTLE_MS)
-    assert not written.covers(T + SETTLE_MS + 1)
+    assert written.covers(T - 60_000) and written.covers(T)
+    assert not written.covers(T + 1)  # taken after we sent it: an edit, unless it is ours
     assert not Written(pending=("Paris",)).covers(T)  # in flight: the copy is judged
