@@ -9,15 +9,16 @@ adapters beside every request (`sync.target_writes`) and read when a copy is rou
 survives replays, restarts and a lost stream state:
 
 - a value in flight, or one of the last values the target acknowledged, is our own write;
-- a copy not newer than the moment we sent our last acknowledged write of a property shows a
-  state that write replaced;
-- only a copy newer than that, holding another value, reports an edit made there.
+- a copy from before the second in which we sent our last acknowledged write of a property
+  shows a state that write replaced;
+- any other copy holding another value reports an edit made there.
 
 The moment is when the request was sent: a copy taken after it holds either the state our
 write replaced (our previous write, which the values recognise, or an edit judged already)
-or our write, or a later edit, which must not be missed. Vendors stamping whole seconds
-(Stripe, Zendesk) make a copy look older, so an edit in the same second as our write of the
-same property is taken for a state the write replaced.
+or our write, or a later edit, which must not be missed. Whole seconds, because Stripe and
+Zendesk stamp copies with whole seconds (a copy of an edit made just after our write carries
+the second our write was sent in); a copy from that second is judged, and its values ours
+are recognised as such.
 
 Pure: values are the target's properties as the command carried them; `crmsync.domain.decide`
 decodes them like any copy, so a vendor's reformatting never looks like an edit.
@@ -46,10 +47,10 @@ class Written(BaseModel):
     pending: tuple[Any, ...] = ()  # (value,) while a write of it is in flight
 
     def covers(self, copied_at: int) -> bool:
-        """Whether a copy stamped `copied_at` is not newer than our last acknowledged write,
-        so cannot show an edit made after it. (A write in flight covers nothing: the copy may
-        hold a person's edit made before it lands, which is judged like any other.)"""
-        return self.at is not None and copied_at <= self.at
+        """Whether a copy stamped `copied_at` is from before the second our last acknowledged
+        write was sent in, so cannot show an edit made after it. (A write in flight covers
+        nothing: the copy may hold a person's edit made before it lands, judged like any.)"""
+        return self.at is not None and copied_at // 1000 < self.at // 1000
 
 
 #: By target property name.
